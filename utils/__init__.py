@@ -1,0 +1,13 @@
+"""Build DeepSeek from Scratch: the course library.
+
+One module per idea, added lecture by lecture (see the README's lecture table):
+``runtime`` (01), ``configs`` (02), ``tokenizer``, ``data``, ``gpt``, ``generation`` (03),
+``attention`` (04-08), ``plotting`` (07), ``exercises`` (all lectures).
+"""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository root; data files are read from ``ROOT / "data"``."""
+
+DATA_DIR = ROOT / "data"

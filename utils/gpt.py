@@ -1,0 +1,140 @@
+"""A GPT with pluggable attention and feed-forward modules (Lecture 03).
+
+Token + learned position embeddings, ``n_layers`` pre-norm transformer blocks, a final
+norm and an output head (optionally tied to the token embedding). Attention defaults to
+our :class:`utils.attention.MultiHeadAttention` (Lecture 08); later lectures pass their own
+factories (MLA, MoE) to :class:`GPTModel`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+from torch import nn
+
+from utils.attention import MultiHeadAttention
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Sizes of a GPT (Lecture 03). ``d_ff`` defaults to ``4 * d_model``."""
+
+    vocab_size: int = 50257
+    context_length: int = 1024
+    d_model: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    d_ff: int | None = None
+    dropout: float = 0.1
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    use_sdpa: bool = False  # compute attention with torch's fused kernel (same result, faster)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "context_length", "d_model", "n_heads", "n_layers"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"GPTConfig.{name} must be positive, got {getattr(self, name)}.")
+        if self.d_ff is not None and self.d_ff <= 0:
+            raise ValueError(f"GPTConfig.d_ff must be positive (or None for 4 * d_model), got {self.d_ff}.")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"GPTConfig: d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                             f"pick n_heads among {[h for h in range(1, self.d_model + 1) if self.d_model % h == 0][:12]}...")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must lie in [0, 1), got {self.dropout}.")
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+    @classmethod
+    def gpt2_small(cls, **overrides) -> "GPTConfig":
+        """GPT-2 small (124M): 12 layers, 12 heads, width 768, tied head, biased Q/K/V."""
+        return replace(cls(qkv_bias=True, tie_embeddings=True), **overrides)
+
+
+AttentionFactory = Callable[[GPTConfig], nn.Module]
+FeedForwardFactory = Callable[[GPTConfig], nn.Module]
+
+
+def default_attention(cfg: GPTConfig) -> nn.Module:
+    """Our causal multi-head attention (Lecture 08), sized by ``cfg``."""
+    return MultiHeadAttention(cfg.d_model, cfg.d_model, cfg.context_length, cfg.n_heads,
+                              cfg.dropout, cfg.qkv_bias, cfg.use_sdpa)
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP d -> d_ff -> d with GELU (tanh form, as GPT-2) (Lecture 03)."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(cfg.d_model, cfg.hidden_dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(cfg.hidden_dim, cfg.d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, T, d_model)
+
+
+class TransformerBlock(nn.Module):
+    """x + Drop(Attn(Norm(x))), then x + Drop(FFN(Norm(x))) (Lecture 03)."""
+
+    def __init__(self, cfg: GPTConfig, attention: nn.Module, feed_forward: nn.Module):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.attn = attention
+        self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.ff = feed_forward
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x)))  # (B, T, d_model)
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class GPTModel(nn.Module):
+    """Token ids (B, T) -> next-token logits (B, T, vocab_size) (Lecture 03).
+
+    ``attention`` and ``feed_forward`` are factories called once per block with the config,
+    so later lectures can swap in MLA or a mixture of experts without touching this class.
+    """
+
+    def __init__(self, cfg: GPTConfig, attention: AttentionFactory = default_attention,
+                 feed_forward: FeedForwardFactory = FeedForward):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(cfg, attention(cfg), feed_forward(cfg)) for _ in range(cfg.n_layers))
+        self.final_norm = nn.LayerNorm(cfg.d_model)
+        self.out_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if cfg.tie_embeddings:
+            self.out_head.weight = self.tok_emb.weight
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        """GPT-2's initialisation: N(0, 0.02) weights, zero biases."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        if idx.dim() != 2 or idx.dtype != torch.long:
+            raise ValueError(f"GPTModel expects a (batch, tokens) LongTensor of ids, got {tuple(idx.shape)} "
+                             f"{idx.dtype}; add a batch axis with idx.unsqueeze(0).")
+        B, T = idx.shape
+        if T > self.cfg.context_length:
+            raise ValueError(f"Sequence length {T} exceeds context_length={self.cfg.context_length}; "
+                             "crop to the last context_length tokens.")
+        if idx.numel() and (idx.min() < 0 or idx.max() >= self.cfg.vocab_size):
+            raise ValueError(f"Token ids must lie in [0, {self.cfg.vocab_size}); got "
+                             f"[{int(idx.min())}, {int(idx.max())}]. Encode with the model's vocabulary.")
+        positions = torch.arange(T, device=idx.device)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(positions))  # (B, T, d_model)
+        for block in self.blocks:
+            x = block(x)
+        return self.out_head(self.final_norm(x))  # (B, T, vocab_size)
