@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -46,7 +47,7 @@ def load_corpus(name: str) -> str:
     if name not in CORPORA:
         raise ValueError(f"Unknown corpus {name!r}. Available: {', '.join(sorted(CORPORA))}.")
     corpus = CORPORA[name]
-    restore = f"restore it with `git checkout -- {corpus.path.relative_to(DATA_DIR.parent)}`"
+    restore = f"restore it with `git checkout -- {os.path.relpath(corpus.path, DATA_DIR.parent)}`"
     if not corpus.path.is_file():
         raise FileNotFoundError(f"Corpus file {corpus.path} is missing: {restore}.")
     raw = corpus.path.read_bytes()

@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from utils import runtime
+
+
+def test_set_seed_repeats_draws():
+    runtime.set_seed(7)
+    a = torch.randn(5)
+    runtime.set_seed(7)
+    assert torch.equal(a, torch.randn(5))
+
+
+def test_set_seed_rejects_bad_seed():
+    with pytest.raises(ValueError, match="non-negative integer"):
+        runtime.set_seed(-1)
+
+
+def test_get_device_is_cpu_without_accelerator(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv(runtime.MPS_ENV_VAR, raising=False)
+    assert runtime.get_device() == torch.device("cpu")
+
+
+def test_get_device_prefers_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.get_device().type == "cuda"
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("true", True), ("0", False), ("", False)])
+def test_ci_mode_flag(monkeypatch, value, expected):
+    monkeypatch.setenv(runtime.CI_ENV_VAR, value)
+    assert runtime.is_ci_mode() is expected
+    assert runtime.ci_or_full(ci=1, full=2) == (1 if expected else 2)
+
+
+def test_ci_mode_flag_rejects_garbage(monkeypatch):
+    monkeypatch.setenv(runtime.CI_ENV_VAR, "maybe")
+    with pytest.raises(ValueError, match="COURSE_CI"):
+        runtime.is_ci_mode()
+
+
+def test_environment_report_has_versions():
+    report = runtime.environment_report()
+    assert report["torch"] == torch.__version__ and report["device"]
