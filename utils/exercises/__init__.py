@@ -87,7 +87,24 @@ def compare(got: Any, expected: Any, atol: float) -> str | None:
     return None if got == expected else f"expected {expected!r}, got {_describe(got)}"
 
 
-def check(key: str, fn: Callable) -> bool:
+class CheckResult:
+    """What :func:`check` returns: true when every case passed. Shows nothing in a notebook,
+    where the printed message is the answer."""
+
+    def __init__(self, passed: bool):
+        self.passed = passed
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __repr__(self) -> str:
+        return f"CheckResult(passed={self.passed})"
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+def check(key: str, fn: Callable) -> CheckResult:
     """Run ``fn`` on exercise ``key``'s cases; print a pass or the first difference."""
     ex = get_exercise(key)
     cases = ex.cases()
@@ -96,13 +113,13 @@ def check(key: str, fn: Callable) -> bool:
             got = fn(*args)
         except NotImplementedError:
             print(f"Exercise {key} ({ex.title}): not attempted yet. Replace `raise NotImplementedError` with your code.")
-            return False
+            return CheckResult(False)
         except Exception as err:  # the learner's code failed: say where, not a traceback
             print(f"Exercise {key} ({ex.title}): case {n} raised {type(err).__name__}: {err}")
-            return False
+            return CheckResult(False)
         problem = compare(got, expected, ex.atol)
         if problem:
             print(f"Exercise {key} ({ex.title}): case {n} is wrong: {problem}.")
-            return False
+            return CheckResult(False)
     print(f"Exercise {key} ({ex.title}): all {len(cases)} cases pass.")
-    return True
+    return CheckResult(True)
