@@ -82,3 +82,18 @@ def test_bad_inputs_raise():
         model(torch.tensor([[1, 50]]))
     with pytest.raises(ValueError, match="LongTensor"):
         model(torch.zeros(5, dtype=torch.long))
+
+
+def test_attention_weights_per_block_are_causal_and_match_the_forward_pass():
+    from utils.gpt import attention_weights
+    torch.manual_seed(0)
+    model = GPTModel(TINY)
+    idx = torch.randint(0, 50, (2, 9))
+    weights = attention_weights(model, idx)
+    assert len(weights) == 2 and weights[0].shape == (2, 4, 9, 9) and model.training
+    torch.testing.assert_close(weights[1].sum(-1), torch.ones(2, 4, 9))
+    assert weights[0].triu(1).abs().max() == 0
+    # block 0 sees the embeddings directly: recompute its weights from the attention module itself
+    x = model.blocks[0].norm1(model.tok_emb(idx) + model.pos_emb(torch.arange(9)))
+    model.eval()
+    torch.testing.assert_close(weights[0], model.blocks[0].attn(x, return_weights=True)[1])

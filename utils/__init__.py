@@ -1,7 +1,7 @@
 """Build DeepSeek from Scratch: the course library.
 
 One module per idea, added lecture by lecture (see the README's lecture table):
-``runtime`` (01), ``configs`` (02), ``tokenizer``, ``data``, ``gpt``, ``generation`` (03),
+``runtime`` (01), ``configs`` (02), ``tokenizer``, ``data``, ``gpt``, ``generation``, ``train`` (03),
 ``attention`` (04-08), ``plotting`` (07), ``exercises`` (all lectures).
 """
 

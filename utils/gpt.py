@@ -138,3 +138,22 @@ class GPTModel(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.out_head(self.final_norm(x))  # (B, T, vocab_size)
+
+
+@torch.no_grad()
+def attention_weights(model: GPTModel, idx: torch.Tensor) -> list[torch.Tensor]:
+    """Each block's attention weights (B, n_heads, T, T) for ids (B, T) (Lecture 08).
+
+    Runs the blocks one by one (dropout off) and asks each attention module for its weights
+    with ``return_weights=True``.
+    """
+    was_training = model.training
+    model.eval()
+    x = model.tok_emb(idx) + model.pos_emb(torch.arange(idx.shape[1], device=idx.device))  # (B, T, d)
+    weights = []
+    for block in model.blocks:
+        _, w = block.attn(block.norm1(x), return_weights=True)  # (B, H, T, T)
+        weights.append(w)
+        x = block(x)
+    model.train(was_training)
+    return weights
