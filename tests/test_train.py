@@ -52,3 +52,12 @@ def test_bad_arguments():
         evaluate_loss(model, val, n_batches=0)
     with pytest.raises(ValueError, match="no batch"):
         next(cycle([]))
+
+
+def test_scheduler_steps_once_per_optimizer_step():
+    train, _ = _data()
+    model = GPTModel(CFG)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 / (i + 1))
+    train_steps(model, train, opt, steps=3, scheduler=sched, log=None)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0 / 4)

@@ -59,10 +59,10 @@ class TrainLog:
 
 def train_steps(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, steps: int,
                 val_loader: Iterable | None = None, eval_every: int | None = None, eval_batches: int = 10,
-                log: Callable[[str], None] | None = print) -> TrainLog:
+                scheduler=None, log: Callable[[str], None] | None = print) -> TrainLog:
     """Run ``steps`` optimizer steps of next-token training (Lecture 03).
 
-    Every ``eval_every`` steps (and at the last step) the validation loss on ``eval_batches``
+    ``scheduler`` (a ``torch.optim.lr_scheduler``) steps after every optimizer step. Every ``eval_every`` steps (and at the last step) the validation loss on ``eval_batches``
     batches of ``val_loader`` is recorded and a line is passed to ``log``.
     """
     if steps <= 0:
@@ -78,6 +78,8 @@ def train_steps(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         history.train_losses.append(loss.item())
         if step % eval_every == 0 or step == steps:
             recent = history.train_losses[-eval_every:]
