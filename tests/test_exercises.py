@@ -53,14 +53,37 @@ def test_compare_accepts_matches():
     assert compare((1, torch.ones(2)), [1, torch.ones(2)], 1e-6) is None
 
 
-def test_every_lecture_module_registers_cases_that_build():
+def _perturb(value):
+    if isinstance(value, torch.Tensor):
+        if value.dtype == torch.bool:
+            return ~value
+        finite = torch.isfinite(value) if value.is_floating_point() else torch.ones_like(value, dtype=torch.bool)
+        return torch.where(finite, value + 1, value)
+    if isinstance(value, (tuple, list)):
+        return type(value)([_perturb(value[0]), *value[1:]] if value else [0])
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    return object()
+
+
+def _all_exercises():
     import importlib
     import pkgutil
 
     import utils.exercises as package
     for info in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"utils.exercises.{info.name}")
-    for key, ex in _REGISTRY.items():
-        cases = ex.cases()
-        assert cases, key
-        assert all(isinstance(args, tuple) for args, _ in cases), key
+    return sorted(k for k in _REGISTRY if not k.startswith("99."))
+
+
+@pytest.mark.parametrize("key", _all_exercises())
+def test_each_checker_accepts_its_answers_and_rejects_perturbed_ones(key, capsys):
+    cases = get_exercise(key).cases()
+    assert cases and all(isinstance(args, tuple) for args, _ in cases)
+    answers = iter([expected for _, expected in cases])
+    assert check(key, lambda *args: next(answers))
+    wrong = iter([_perturb(expected) for _, expected in cases])
+    assert not check(key, lambda *args: next(wrong))
+    assert "is wrong" in capsys.readouterr().out
