@@ -32,26 +32,25 @@ def test_identical_to_tiktoken_gpt2(tmp_path, monkeypatch):
         15496, 11, 995, 13, 1148, 428, 438, 257, 1332, 30, 50256]
 
 
-def test_missing_file_names_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(tokenizer, "GPT2_BPE_FILE", tmp_path / "r50k_base.tiktoken")
+@pytest.fixture
+def bpe_file(tmp_path, monkeypatch):
+    """Point the tokenizer at a file in tmp_path (written by the test), with a fresh cache."""
+    path = tmp_path / "r50k_base.tiktoken"
+    monkeypatch.setattr(tokenizer, "GPT2_BPE_FILE", path)
     get_tokenizer.cache_clear()
-    try:
-        with pytest.raises(FileNotFoundError, match="r50k_base.tiktoken.*git checkout"):
-            get_tokenizer()
-    finally:
-        get_tokenizer.cache_clear()
+    yield path
+    get_tokenizer.cache_clear()
 
 
-def test_corrupted_file_names_it(tmp_path, monkeypatch):
-    bad = tmp_path / "r50k_base.tiktoken"
-    bad.write_bytes((DATA_DIR / "gpt2" / "r50k_base.tiktoken").read_bytes()[:-10])
-    monkeypatch.setattr(tokenizer, "GPT2_BPE_FILE", bad)
-    get_tokenizer.cache_clear()
-    try:
-        with pytest.raises(ValueError, match="corrupted.*git checkout"):
-            get_tokenizer()
-    finally:
-        get_tokenizer.cache_clear()
+def test_missing_file_names_it(bpe_file):
+    with pytest.raises(FileNotFoundError, match="r50k_base.tiktoken.*git checkout"):
+        get_tokenizer()
+
+
+def test_corrupted_file_names_it(bpe_file):
+    bpe_file.write_bytes((DATA_DIR / "gpt2" / "r50k_base.tiktoken").read_bytes()[:-10])
+    with pytest.raises(ValueError, match="corrupted.*git checkout"):
+        get_tokenizer()
 
 
 def test_compact_vocab_round_trip_and_unknown_rule():

@@ -64,6 +64,13 @@ def _check_length(T: int, context_length: int, name: str) -> None:
                          f"with a larger context_length.")
 
 
+def _check_causal(context_length: int, dropout: float) -> None:
+    if context_length <= 0:
+        raise ValueError(f"context_length must be positive, got {context_length}.")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {dropout}.")
+
+
 class SelfAttention(nn.Module):
     """Single-head self-attention with trainable W_q, W_k, W_v as ``nn.Linear`` (Lecture 05).
 
@@ -94,10 +101,7 @@ class CausalAttention(SelfAttention):
     def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float = 0.0,
                  qkv_bias: bool = False):
         super().__init__(d_in, d_out, qkv_bias)
-        if context_length <= 0:
-            raise ValueError(f"context_length must be positive, got {context_length}.")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}.")
+        _check_causal(context_length, dropout)
         self.context_length = context_length
         self.dropout = nn.Dropout(dropout)
         self.register_buffer("mask", causal_mask(context_length), persistent=False)
@@ -148,10 +152,7 @@ class MultiHeadAttention(nn.Module):
                  dropout: float = 0.0, qkv_bias: bool = False, use_sdpa: bool = False):
         super().__init__()
         _check_heads(d_out, n_heads)
-        if context_length <= 0:
-            raise ValueError(f"context_length must be positive, got {context_length}.")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}.")
+        _check_causal(context_length, dropout)
         self.d_in, self.d_out, self.n_heads = d_in, d_out, n_heads
         self.head_dim = d_out // n_heads
         self.context_length, self.use_sdpa, self.dropout_p = context_length, use_sdpa, dropout

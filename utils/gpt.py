@@ -122,6 +122,10 @@ class GPTModel(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token plus position embeddings: ids (B, T) -> (B, T, d_model), before dropout."""
+        return self.tok_emb(idx) + self.pos_emb(torch.arange(idx.shape[1], device=idx.device))
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         if idx.dim() != 2 or idx.dtype != torch.long:
             raise ValueError(f"GPTModel expects a (batch, tokens) LongTensor of ids, got {tuple(idx.shape)} "
@@ -133,8 +137,7 @@ class GPTModel(nn.Module):
         if idx.numel() and (idx.min() < 0 or idx.max() >= self.cfg.vocab_size):
             raise ValueError(f"Token ids must lie in [0, {self.cfg.vocab_size}); got "
                              f"[{int(idx.min())}, {int(idx.max())}]. Encode with the model's vocabulary.")
-        positions = torch.arange(T, device=idx.device)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(positions))  # (B, T, d_model)
+        x = self.drop(self.embed(idx))  # (B, T, d_model)
         for block in self.blocks:
             x = block(x)
         return self.out_head(self.final_norm(x))  # (B, T, vocab_size)
@@ -149,7 +152,7 @@ def attention_weights(model: GPTModel, idx: torch.Tensor) -> list[torch.Tensor]:
     """
     was_training = model.training
     model.eval()
-    x = model.tok_emb(idx) + model.pos_emb(torch.arange(idx.shape[1], device=idx.device))  # (B, T, d)
+    x = model.embed(idx)  # (B, T, d_model)
     weights = []
     for block in model.blocks:
         _, w = block.attn(block.norm1(x), return_weights=True)  # (B, H, T, T)
