@@ -97,3 +97,17 @@ def test_attention_weights_per_block_are_causal_and_match_the_forward_pass():
     x = model.blocks[0].norm1(model.tok_emb(idx) + model.pos_emb(torch.arange(9)))
     model.eval()
     torch.testing.assert_close(weights[0], model.blocks[0].attn(x, return_weights=True)[1])
+
+
+def test_init_follows_gpt2_with_scaled_residual_projections():
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=500, context_length=64, d_model=256, n_heads=4, n_layers=8)
+    model = GPTModel(cfg)
+    scaled = 0.02 / (2 * cfg.n_layers) ** 0.5
+    for name, param in model.named_parameters():
+        if name.endswith(("attn.out_proj.weight", "ff.net.2.weight")):
+            assert abs(param.std().item() - scaled) < 0.1 * scaled, name
+        elif name.endswith(("qkv.weight", "ff.net.0.weight")) or name in ("tok_emb.weight", "out_head.weight"):
+            assert abs(param.std().item() - 0.02) < 0.002, name
+        elif name.endswith("bias") and "norm" not in name:
+            assert torch.count_nonzero(param) == 0, name

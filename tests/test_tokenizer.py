@@ -75,3 +75,11 @@ def test_compact_tokenizer_round_trip():
     ids = tok.encode(text)
     assert max(ids) < tok.vocab_size and CompactVocab.UNK not in ids
     assert tok.decode(ids) == text
+
+
+def test_unknown_tokens_decode_visibly_not_as_end_of_text():
+    tok = CompactTokenizer.from_text("The cat sat.")
+    ids = tok.encode("The dog sat.")  # " dog" is not in the vocabulary
+    assert CompactVocab.UNK in ids
+    assert tok.decode(ids) == "The<|unk|> sat."
+    assert tok.decode([CompactVocab.UNK]) == "<|unk|>" and tok.decode([]) == ""

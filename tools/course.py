@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 COURSE = json.loads((ROOT / "course.json").read_text(encoding="utf-8"))
 LECTURES = {lec["number"]: lec for lec in COURSE["lectures"]}
-SETUP_MARKER = "# Course setup"
+SETUP_TITLE = "#@title Course setup: find the course folder (on Colab: clone it, install what Colab lacks)"
+HIDDEN = {"jupyter": {"source_hidden": True}, "cellView": "form"}  # JupyterLab collapses it; Colab shows the title
+IGNORE_OUTPUT = "nbval-ignore-output"  # cell tag: output varies (timings, versions, training logs)
+FULL_RUN_TAG = "full-run-result"  # cell tag: tools/full_run.py records this cell's output in full mode
 TABLE_START, TABLE_END = "<!-- lectures:start -->", "<!-- lectures:end -->"
 
 
@@ -50,14 +53,15 @@ def title_cell(number: int) -> str:
 
 
 def setup_cell() -> str:
-    return f'''{SETUP_MARKER} (identical in every notebook; written by tools/stamp.py)
+    return f'''{SETUP_TITLE}
+# (the same in every notebook)
 import pathlib, subprocess, sys
 REPO_URL = "{COURSE["repository"]}"
 if "google.colab" in sys.modules:  # Colab: fetch the course once and install its requirements
     ROOT = pathlib.Path("/content") / REPO_URL.rstrip("/").split("/")[-1]
     if not ROOT.exists():
         subprocess.run(["git", "clone", "--depth", "1", REPO_URL, str(ROOT)], check=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(ROOT / "requirements.txt")], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(ROOT / "requirements-colab.txt")], check=True)
 else:  # locally: the repository root is the nearest folder above that holds utils/
     here = pathlib.Path.cwd().resolve()
     ROOT = next((p for p in (here, *here.parents) if (p / "utils" / "__init__.py").exists()), None)
@@ -87,12 +91,33 @@ def setup_index(nb) -> int:
     raise ValueError("notebook has no code cell")
 
 
+def hide_source(cell, title: str):
+    """Collapse a code cell's source behind a one-line title (JupyterLab and Colab's form view).
+
+    The cell still runs with "Run all"; its output stays visible. Used for the setup cell and
+    for every solution cell, so a learner does not read a solution by accident.
+    """
+    lines = cell.source.split("\n")
+    if lines and lines[0].startswith("#@title"):
+        lines = lines[1:]
+    cell.source = "\n".join([f"#@title {title}", *lines])
+    cell.metadata.update(json.loads(json.dumps(HIDDEN)))
+    return cell
+
+
+def is_hidden(cell) -> bool:
+    return (cell.source.startswith("#@title") and cell.metadata.get("cellView") == "form"
+            and cell.metadata.get("jupyter", {}).get("source_hidden") is True)
+
+
 def stamped_notebook(path: Path):
     """The notebook at ``path`` with its title and setup cells rendered from course.json."""
     nb = nbformat.read(path, as_version=4)
     number = int(path.name[:2])
     nb.cells[0].source = title_cell(number)
-    nb.cells[setup_index(nb)].source = setup_cell()
+    setup = nb.cells[setup_index(nb)]
+    setup.source = setup_cell()
+    setup.metadata.update(json.loads(json.dumps(HIDDEN)))
     return nb
 
 
@@ -114,7 +139,9 @@ def new_notebook(number: int, cells: list[tuple[str, str]]) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
                    "language_info": {"name": "python"}}
-    nb.cells = [make["md"](title_cell(number)), body[0], make["code"](setup_cell()), *body[1:]]
+    setup = make["code"](setup_cell())
+    setup.metadata.update(json.loads(json.dumps(HIDDEN)))
+    nb.cells = [make["md"](title_cell(number)), body[0], setup, *body[1:]]
     path = NOTEBOOKS / LECTURES[number]["notebook"]
     nbformat.write(nb, path)
     return path

@@ -8,7 +8,7 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-stamp=$(cat requirements.txt requirements-dev.txt constraints.txt | sha256sum | cut -c1-16)
+stamp=$(cat requirements.txt requirements-colab.txt requirements-dev.txt constraints.txt | sha256sum | cut -c1-16)
 if [ "$(cat .venv/.installed 2>/dev/null)" != "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q "torch==$(sed -n 's/^torch==//p' constraints.txt)"

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
+import math
+
 import torch
 from torch import nn
 
@@ -53,6 +55,9 @@ class GPTConfig:
         """GPT-2 small (124M): 12 layers, 12 heads, width 768, tied head, biased Q/K/V."""
         return replace(cls(qkv_bias=True, tie_embeddings=True), **overrides)
 
+
+RESIDUAL_PROJECTIONS = ("attn.out_proj.weight", "ff.net.2.weight")
+"""Parameter-name endings of the layers that add into the residual stream (GPT-2's ``c_proj``)."""
 
 AttentionFactory = Callable[[GPTConfig], nn.Module]
 FeedForwardFactory = Callable[[GPTConfig], nn.Module]
@@ -111,12 +116,17 @@ class GPTModel(nn.Module):
         self.final_norm = nn.LayerNorm(cfg.d_model)
         self.out_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.apply(self._init_weights)
+        for name, param in self.named_parameters():  # GPT-2 scales the residual projections
+            if name.endswith(RESIDUAL_PROJECTIONS):
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        """GPT-2's initialisation: N(0, 0.02) weights, zero biases."""
+        """GPT-2's initialisation: weights from N(0, 0.02^2), zero biases. The projections that write
+        into the residual stream (``RESIDUAL_PROJECTIONS``) then get std 0.02 / sqrt(2 n_layers),
+        so the residual stream's variance does not grow with depth (GPT-2 paper, section 2.3)."""
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:

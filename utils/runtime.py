@@ -78,3 +78,29 @@ def environment_report() -> dict[str, str]:
         "threads": str(torch.get_num_threads()),
         "ci_mode": str(is_ci_mode()),
     }
+
+
+FULL_RUN_RECORD = "docs/full_mode.json"
+"""Where ``tools/full_run.py`` records each notebook's full-mode wall time and key results."""
+
+
+def show_full_run(lecture: int) -> None:
+    """Print what this lecture's notebook gave in full mode on a 2-core CPU (Lecture 01).
+
+    The saved outputs of a notebook come from the short run; this quotes the recorded full
+    run (``docs/full_mode.json``, written by ``tools/full_run.py``) beside them.
+    """
+    import json
+
+    from utils import ROOT
+
+    path = ROOT / FULL_RUN_RECORD
+    record = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"notebooks": {}}
+    entry = record["notebooks"].get(f"{lecture:02d}")
+    if entry is None:
+        print(f"No full run of lecture {lecture:02d} is recorded yet: run `python tools/full_run.py {lecture:02d}`.")
+        return
+    print(f"Full run (COURSE_CI=0) of this notebook on {record['machine']}, {record['date']}: "
+          f"{entry['wall_s']} s in all.")
+    for text in entry["results"]:
+        print("\n" + text)

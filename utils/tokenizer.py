@@ -46,7 +46,8 @@ class CompactVocab:
 
     Dense id ``0`` is reserved for ids the vocabulary has never seen: :meth:`to_dense` maps
     them to ``UNK`` (or raises with ``strict=True``), and :meth:`to_gpt2` maps ``UNK`` back to
-    ``unk_gpt2_id`` (``<|endoftext|>`` by default), so decoded text shows where it happened.
+    ``unk_gpt2_id`` (``<|endoftext|>`` by default). :class:`CompactTokenizer` decodes ``UNK`` as
+    the visible marker ``<|unk|>``, so it cannot be mistaken for the end of a story.
     """
 
     UNK = 0
@@ -105,5 +106,16 @@ class CompactTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.vocab.to_dense(self.encoding.encode(text, allowed_special={END_OF_TEXT}))
 
+    UNK_TEXT = "<|unk|>"
+
     def decode(self, dense_ids: Sequence[int]) -> str:
-        return self.encoding.decode(self.vocab.to_gpt2(list(dense_ids)))
+        """Dense ids -> text; each ``UNK`` id shows as ``<|unk|>``."""
+        dense_ids = [int(i) for i in dense_ids]
+        pieces, run = [], []
+        for i in dense_ids + [CompactVocab.UNK]:  # a final UNK flushes the last run
+            if i == CompactVocab.UNK:
+                pieces.append(self.encoding.decode(self.vocab.to_gpt2(run)))
+                run = []
+            else:
+                run.append(i)
+        return self.UNK_TEXT.join(pieces)
