@@ -2,7 +2,7 @@
 
 One module per idea, added lecture by lecture (see the README's lecture table):
 ``runtime`` (01), ``configs`` (02), ``tokenizer``, ``data``, ``gpt``, ``generation``, ``train`` (03),
-``attention`` (04-08), ``plotting`` (07), ``exercises`` (all lectures).
+``attention`` (04-08), ``plotting`` (04), ``diagrams`` (03-08), ``exercises`` (all lectures).
 """
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Plots used across the lectures: attention heatmaps (Lecture 07)."""
+"""Plots used across the lectures: attention heatmaps (Lecture 04; per head from Lecture 07)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 def plot_attention(weights: torch.Tensor, tokens: Sequence[str] | None = None, ax=None,
                    title: str | None = None, annotate: bool | None = None, cmap: str = "viridis"):
-    """Heatmap of one (T_q, T_k) attention matrix: rows are queries, columns keys (Lecture 07).
+    """Heatmap of one (T_q, T_k) attention matrix: rows are queries, columns keys (Lecture 04).
 
     Values are written in the cells when the matrix is small (``annotate`` overrides).
     Returns the matplotlib ``Axes``.
