@@ -43,3 +43,21 @@ def test_ci_mode_flag_rejects_garbage(monkeypatch):
 def test_environment_report_has_versions():
     report = runtime.environment_report()
     assert report["torch"] == torch.__version__ and report["device"]
+
+
+def test_show_full_run_quotes_the_record(tmp_path, monkeypatch, capsys):
+    import json
+
+    import utils
+    from utils.runtime import show_full_run
+
+    monkeypatch.setattr(utils, "ROOT", tmp_path)
+    show_full_run(3)
+    assert "No full run of lecture 03 is recorded yet" in capsys.readouterr().out
+    (tmp_path / "docs").mkdir()
+    record = {"machine": "2 CPU cores", "date": "2026-11-29",
+              "notebooks": {"03": {"notebook": "03_x.ipynb", "wall_s": 140, "results": ["val loss 2.5"]}}}
+    (tmp_path / "docs" / "full_mode.json").write_text(json.dumps(record))
+    show_full_run(3)
+    out = capsys.readouterr().out
+    assert "on 2 CPU cores, 2026-11-29: 140 s in all" in out and "val loss 2.5" in out

@@ -8,8 +8,7 @@ import re
 import torch
 
 from utils import ROOT
-from utils.exercises import exercise
-from utils.runtime import set_seed
+from utils.exercises import Case, exercise
 
 
 def _course_lectures() -> list[dict]:
@@ -31,10 +30,19 @@ def _cases_lectures_using():
         {"number": 2, "utils": "`moe_extra`: not the same module; plain moe text does not count"},
         {"number": 4, "utils": "`remove()`: a function, not a module"},
     ]
-    cases = [((lectures, name), _lectures_using(lectures, name))
-             for name in ("attention", "mla", "moe", "runtime", "positional", "quantization", "kv_cache")]
-    cases.append(((lectures, "transformer"), []))
-    cases.append(((toy, "moe"), [1, 3]))
+    named = {
+        "attention": "attention: `attention` and `attention.X` (lecture 07 adds a class)",
+        "plotting": "plotting: named beside `attention` in lecture 04",
+        "mla": "mla: `mla` and `mla.MultiHeadLatentAttention`",
+        "moe": "moe: `moe` and `moe.DeepSeekMoE`",
+        "train": "train: lecture 30 'trains' in plain words, which does not count",
+        "model": "model: 'language model' in plain words does not count",
+        "runtime": "runtime: a module followed by functions in backticks",
+        "kv_cache": "kv_cache: a name with an underscore",
+    }
+    cases = [Case(label, (lectures, name), _lectures_using(lectures, name)) for name, label in named.items()]
+    cases.append(Case("transformer: a module no lecture builds", (lectures, "transformer"), []))
+    cases.append(Case("toy list: unsorted input, `moe_extra` and plain words", (toy, "moe"), [1, 3]))
     return cases
 
 
@@ -49,24 +57,36 @@ def tiny_experiment() -> torch.Tensor:
         return torch.nn.functional.dropout(layer(x), p=0.5, training=True)
 
 
+def _seeded_experiment(seed: int) -> torch.Tensor:
+    """Reference: ``tiny_experiment()`` right after seeding, without touching the global state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return tiny_experiment()
+
+
 @exercise("01.2", "two identical runs")
 def _cases_run_twice():
     cases = []
     for seed in (0, 7, 123):
-        runs = []
-        for _ in range(2):
-            set_seed(seed)
-            runs.append(tiny_experiment())
-        cases.append(((seed,), tuple(runs)))
+        run = _seeded_experiment(seed)
+        cases.append(Case(f"seed {seed}: both runs equal a run seeded with {seed}", (seed,), (run, run.clone())))
     return cases
+
+
+def _never_shuffled_weight(model_seed: int) -> torch.Tensor:
+    """Reference: the weight of ``Linear(2, 2)`` built right after seeding with ``model_seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(model_seed)
+        return torch.nn.Linear(2, 2).weight.detach()
 
 
 @exercise("01.3", "a private shuffle")
 def _cases_shuffle_then_init():
     cases = []
-    for n, seed in ((5, 0), (10, 123), (10, 124), (1, 7), (50, 2024)):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        set_seed(seed)  # the model a run that never shuffles would build
-        weight = torch.nn.Linear(2, 2).weight.detach()
-        cases.append(((n, seed), (order, weight)))
+    for n, data_seed, model_seed in ((5, 0, 123), (10, 1, 123), (10, 2, 7), (50, 2024, 42), (8, 5, 5)):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(data_seed))
+        label = f"{n} windows, data seed {data_seed}, model seed {model_seed}"
+        if data_seed == model_seed:
+            label += " (the same number)"
+        cases.append(Case(label, (n, data_seed), (order, _never_shuffled_weight(model_seed)), seed=model_seed))
     return cases

@@ -7,7 +7,7 @@ Every expected value is computed by :func:`utils.configs.count_parameters` on a
 from __future__ import annotations
 
 from utils.configs import MLASpec, ModelSpec, MoESpec, count_parameters
-from utils.exercises import exercise
+from utils.exercises import Case, exercise
 
 
 def _gpt2_style(vocab: int, d_model: int, n_layers: int, context: int, tied: bool) -> int:
@@ -18,14 +18,14 @@ def _gpt2_style(vocab: int, d_model: int, n_layers: int, context: int, tied: boo
 
 @exercise("02.1", "parameters of a GPT-2-style model", atol=0)
 def _cases_gpt2_style():
-    settings = [
-        (50257, 768, 12, 1024, True),  # GPT-2 small: 124,439,808
-        (50257, 1024, 24, 1024, True),  # GPT-2 medium
-        (50257, 1600, 48, 1024, True),  # GPT-2 XL
-        (50257, 768, 12, 1024, False),  # GPT-2 small with a separate output head
-        (100, 16, 2, 8, False),  # a toy model
-    ]
-    return [(s, _gpt2_style(*s)) for s in settings]
+    settings = {
+        "GPT-2 small, tied head (124,439,808)": (50257, 768, 12, 1024, True),
+        "GPT-2 medium, tied head": (50257, 1024, 24, 1024, True),
+        "GPT-2 XL, tied head": (50257, 1600, 48, 1024, True),
+        "GPT-2 small with a separate output head": (50257, 768, 12, 1024, False),
+        "toy model: V 100, d 16, L 2, context 8, untied": (100, 16, 2, 8, False),
+    }
+    return [Case(label, s, _gpt2_style(*s)) for label, s in settings.items()]
 
 
 def _moe_sublayer(d: int, expert_hidden: int, n_routed: int, n_shared: int, top_k: int,
@@ -44,14 +44,14 @@ def _moe_sublayer(d: int, expert_hidden: int, n_routed: int, n_shared: int, top_
 
 @exercise("02.2", "total and activated parameters of one MoE layer", atol=0)
 def _cases_moe_layer():
-    settings = [
-        (7168, 2048, 256, 1, 8, True),  # DeepSeek-V3
-        (5120, 1536, 160, 2, 6, True),  # DeepSeek-V2
-        (2048, 1408, 64, 2, 6, True),  # DeepSeek-V2-Lite
-        (4096, 14336, 8, 0, 2, True),  # Mixtral-8x7B-sized: no shared expert
-        (768, 3072, 8, 0, 1, False),  # Switch-style: GELU experts, top-1
-    ]
-    return [(s, _moe_sublayer(*s)) for s in settings]
+    settings = {
+        "DeepSeek-V3: 256 routed + 1 shared, top-8": (7168, 2048, 256, 1, 8, True),
+        "DeepSeek-V2: 160 routed + 2 shared, top-6": (5120, 1536, 160, 2, 6, True),
+        "DeepSeek-V2-Lite: 64 routed + 2 shared, top-6": (2048, 1408, 64, 2, 6, True),
+        "Mixtral-8x7B-sized: no shared expert, top-2": (4096, 14336, 8, 0, 2, True),
+        "Switch-style: GELU experts (2 matrices), top-1": (768, 3072, 8, 0, 1, False),
+    }
+    return [Case(label, s, _moe_sublayer(*s)) for label, s in settings.items()]
 
 
 def _mla_layer(d: int, n_heads: int, q_lora_rank: int | None, kv_lora_rank: int, qk_nope: int,
@@ -65,10 +65,10 @@ def _mla_layer(d: int, n_heads: int, q_lora_rank: int | None, kv_lora_rank: int,
 
 @exercise("02.3", "parameters of one MLA layer", atol=0)
 def _cases_mla_layer():
-    settings = [
-        (7168, 128, 1536, 512, 128, 64, 128),  # DeepSeek-V3: 187.1M
-        (5120, 128, 1536, 512, 128, 64, 128),  # DeepSeek-V2
-        (2048, 16, None, 512, 128, 64, 128),  # DeepSeek-V2-Lite: no query compression
-        (8, 2, 6, 4, 3, 2, 5),  # a toy layer
-    ]
-    return [(s, _mla_layer(*s)) for s in settings]
+    settings = {
+        "DeepSeek-V3 (187.1M)": (7168, 128, 1536, 512, 128, 64, 128),
+        "DeepSeek-V2": (5120, 128, 1536, 512, 128, 64, 128),
+        "DeepSeek-V2-Lite: q_lora_rank None, a plain W_Q": (2048, 16, None, 512, 128, 64, 128),
+        "toy layer: every width different (v_head != qk_nope)": (8, 2, 6, 4, 3, 2, 5),
+    }
+    return [Case(label, s, _mla_layer(*s)) for label, s in settings.items()]

@@ -1,31 +1,47 @@
-"""Exercises for Lecture 07 (multi-head attention, visually): expected values come from :mod:`utils.attention`."""
+"""Exercises for Lecture 07 (multi-head attention, visually): expected values come from :mod:`utils.attention`.
+
+07.1 the head wrapper (checked against :class:`utils.attention.MultiHeadAttentionWrapper` with
+copied weights), 07.2 split a projection matrix into heads, 07.3 count the attention weights.
+Every case that builds a layer draws its weights inside ``torch.random.fork_rng``.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from utils.attention import MultiHeadAttention
-from utils.exercises import exercise
+from utils.attention import MultiHeadAttention, MultiHeadAttentionWrapper
+from utils.exercises import Case, exercise, module_case, run_module
 
 
 def _randn(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-@exercise("07.1", "merge per-head contexts")
-def _merge_heads():
-    """merge_heads([ (T, d_h) ] * n_heads) -> (T, n_heads * d_h), head 0's columns first.
+def _wrapper(*init_args, seed: int, **init_kwargs) -> MultiHeadAttentionWrapper:
+    """utils' MultiHeadAttentionWrapper with weights drawn from ``seed``, leaving the global random state alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MultiHeadAttentionWrapper(*init_args, **init_kwargs)
 
-    Expected: ``MultiHeadAttention.merge_heads`` (Lecture 08's layout) on the stacked heads.
-    """
-    cases = []
-    for n_heads, T, d_h, seed in ((2, 11, 2, 0), (3, 5, 4, 1), (1, 4, 3, 2)):
-        heads = [_randn(T, d_h, seed=seed * 10 + h) for h in range(n_heads)]
-        with torch.random.fork_rng(devices=[]):  # building a layer draws weights: leave the global RNG alone
-            mha = MultiHeadAttention(1, n_heads * d_h, T, n_heads)
-        expected = mha.merge_heads(torch.stack(heads).unsqueeze(0))[0]  # (1, H, T, d_h) -> (T, H * d_h)
-        cases.append(((heads,), expected))
-    return cases
+
+@exercise("07.1", "MultiHeadAttentionWrapper: causal heads side by side", call=run_module)
+def _head_wrapper():
+    """The learner's class is built like ``MultiHeadAttentionWrapper(d_in, d_out, context_length, n_heads,
+    dropout, qkv_bias)`` with ``self.heads`` an ``nn.ModuleList`` of ``utils.attention.CausalAttention``
+    heads of width ``d_out // n_heads``; it gets the reference's weights and must return the same
+    (B, T, d_out) output, head 0's columns first."""
+    return [
+        module_case("the lecture's sizes: (1, 11, 8), d_out = 4 in 2 heads of width 2",
+                    _wrapper(8, 4, 11, 2, seed=0), (8, 4, 11, 2), (_randn(1, 11, 8, seed=1),)),
+        module_case("3 heads of width 2, a batch of 2, T = 5 < context_length = 8",
+                    _wrapper(6, 6, 8, 3, seed=2), (6, 6, 8, 3), (_randn(2, 5, 6, seed=3),)),
+        module_case("4 heads with qkv_bias=True, d_in = 5 != d_out = 8",
+                    _wrapper(5, 8, 6, 4, qkv_bias=True, seed=4), (5, 8, 6, 4), (_randn(2, 6, 5, seed=5),),
+                    init_kwargs={"qkv_bias": True}),
+        module_case("training mode, dropout 0.3 in every head (same seed, same dropout masks)",
+                    _wrapper(4, 4, 6, 2, 0.3, seed=6), (4, 4, 6, 2, 0.3), (_randn(2, 6, 4, seed=7),),
+                    train=True, seed=8),
+    ]
 
 
 @exercise("07.2", "split a projection matrix into heads")
@@ -35,13 +51,16 @@ def _split_projection():
     Block h must give head h's queries: ``x @ blocks[h]`` equals the h-th head of ``split_heads(x @ W)``.
     """
     cases = []
-    for d_in, d_out, n_heads, seed in ((8, 4, 2, 0), (6, 6, 3, 1), (5, 8, 4, 2), (3, 6, 1, 3)):
+    for label, d_in, d_out, n_heads, seed in (("the lecture's W_Q (8, 4) into 2 heads", 8, 4, 2, 0),
+                                              ("square (6, 6) into 3 heads", 6, 6, 3, 1),
+                                              ("(5, 8) into 4 heads of width 2", 5, 8, 4, 2),
+                                              ("one head: the whole matrix", 3, 6, 1, 3)):
         W = _randn(d_in, d_out, seed=seed)
         with torch.random.fork_rng(devices=[]):
             mha = MultiHeadAttention(d_in, d_out, 4, n_heads)
         eye = torch.eye(d_in).unsqueeze(0)  # (1, d_in, d_in): the rows of W are eye @ W
         per_head = mha.split_heads(eye @ W)[0]  # (n_heads, d_in, d_out // n_heads)
-        cases.append(((W.clone(), n_heads), list(per_head.unbind(0))))
+        cases.append(Case(label, (W.clone(), n_heads), list(per_head.unbind(0))))
     return cases
 
 
@@ -52,10 +71,11 @@ def _weights_count():
     Expected: counted on the weights a real causal MultiHeadAttention returns for one sequence.
     """
     cases = []
-    for n_heads, T in ((1, 1), (2, 11), (4, 6), (12, 32)):
+    for label, n_heads, T in (("one head, one token", 1, 1), ("the lecture's 2 heads, 11 tokens", 2, 11),
+                              ("4 heads, 6 tokens", 4, 6), ("GPT-2's 12 heads, 32 tokens", 12, 32)):
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(0)
             mha = MultiHeadAttention(n_heads, n_heads, T, n_heads).eval()
             _, weights = mha(torch.randn(1, T, n_heads), return_weights=True)  # (1, H, T, T)
-        cases.append(((n_heads, T), (weights.numel(), int((weights > 0).sum()))))
+        cases.append(Case(label, (n_heads, T), (weights.numel(), int((weights > 0).sum()))))
     return cases

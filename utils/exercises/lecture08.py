@@ -1,71 +1,90 @@
 """Exercises of Lecture 08: multi-head attention with one projection and view/transpose.
 
-Expected values come from :class:`utils.attention.MultiHeadAttention` (its ``split_heads``,
-``merge_heads`` and parameters) and from :func:`utils.attention.scaled_dot_product_attention`
-with :func:`utils.attention.causal_mask`.
+Expected values come from :class:`utils.attention.MultiHeadAttention`: its ``split_heads`` (on a
+layer built on the meta device, which draws no random numbers), its forward pass with weights
+drawn inside ``torch.random.fork_rng`` (so the learner's random state is never touched), and
+its own parameter count.
 """
 
 from __future__ import annotations
 
 import torch
 
-from utils.attention import MultiHeadAttention, causal_mask, scaled_dot_product_attention
-from utils.exercises import exercise
+from utils.attention import MultiHeadAttention
+from utils.exercises import Case, exercise, module_case, run_module
 
 
 def _randn(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-# (B, T, n_heads, head_dim): the lecture's example first, then shapes where a wrong axis order shows
-_SHAPES = [(1, 3, 2, 3), (2, 4, 3, 2), (3, 5, 4, 3), (2, 6, 1, 5), (1, 2, 6, 1)]
+def _meta_layer(d_in: int, d_out: int, n_heads: int, qkv_bias: bool = False) -> MultiHeadAttention:
+    with torch.device("meta"):  # shapes only: no memory, no random draws, even for DeepSeek-V3's width
+        return MultiHeadAttention(d_in, d_out, context_length=1, n_heads=n_heads, qkv_bias=qkv_bias)
+
+
+# --- 08.1: split a projection into heads ---------------------------------------------------------
+
+_SPLIT = [  # (label, (B, T, H, d_h))
+    ("the lecture's shape: (1, 3, 6) into 2 heads of 3", (1, 3, 2, 3)),
+    ("batch of 2, 4 tokens, 3 heads of 2", (2, 4, 3, 2)),
+    ("3 heads of 4: head width differs from the head count", (3, 5, 3, 4)),
+    ("1 head of 5: only a new axis", (2, 6, 1, 5)),
+    ("6 heads of width 1", (1, 2, 6, 1)),
+]
 
 
 @exercise("08.1", "split (B, T, d_out) into heads (B, H, T, d_h)")
 def _cases_split_heads():
     cases = []
-    for i, (B, T, H, d_h) in enumerate(_SHAPES):
+    for i, (label, (B, T, H, d_h)) in enumerate(_SPLIT):
         x = _randn(B, T, H * d_h, seed=800 + i)
-        layer = MultiHeadAttention(H * d_h, H * d_h, context_length=T, n_heads=H)
-        cases.append(((x, H), layer.split_heads(x)))
+        cases.append(Case(label, (x, H), _meta_layer(H * d_h, H * d_h, H).split_heads(x)))
     return cases
 
 
-@exercise("08.2", "merge heads (B, H, T, d_h) back into (B, T, d_out)")
-def _cases_merge_heads():
+# --- 08.2: the learner writes MultiHeadAttention.forward ------------------------------------------
+
+LECTURE_X = torch.tensor([[[0.3, -0.2, 0.1, 0.9, 0.6, 0.4],
+                           [0.5, 0.8, -0.6, 0.2, 0.1, 0.7],
+                           [-0.4, 0.2, 0.9, -0.5, 0.3, 0.8]]])  # the lecture's (1, 3, 6) input
+
+_FORWARD = [  # (label, (d_in, d_out, context_length, n_heads), kwargs, input shape or None, train)
+    ("the lecture's X (1, 3, 6), d_out 6, 2 heads of 3", (6, 6, 3, 2), {}, None, False),
+    ("batch of 2, T = 4 < context_length 7, 3 heads of 2", (6, 6, 7, 3), {}, (2, 4, 6), False),
+    ("d_in 5 != d_out 8, 4 heads of 2, Q/K/V with biases", (5, 8, 5, 4), {"qkv_bias": True}, (2, 5, 5), False),
+    ("1 head of width 4 (d_h = d_out)", (4, 4, 6, 1), {}, (3, 6, 4), False),
+    ("training mode: dropout 0.5 on the attention weights (seeded)", (6, 6, 5, 2), {"dropout": 0.5},
+     (2, 5, 6), True),
+]
+
+
+@exercise("08.2", "MultiHeadAttention.forward with split and merge", call=run_module)
+def _cases_forward():
     cases = []
-    for i, (B, T, H, d_h) in enumerate(_SHAPES):
-        x = _randn(B, H, T, d_h, seed=810 + i)
-        layer = MultiHeadAttention(H * d_h, H * d_h, context_length=T, n_heads=H)
-        cases.append(((x,), layer.merge_heads(x)))
+    for i, (label, init_args, kwargs, shape, train) in enumerate(_FORWARD):
+        with torch.random.fork_rng(devices=[]):  # the reference's weights: drawn without touching the caller's state
+            torch.manual_seed(810 + i)
+            reference = MultiHeadAttention(*init_args, **kwargs)
+        x = LECTURE_X if shape is None else _randn(*shape, seed=820 + i)
+        cases.append(module_case(label, reference, init_args, (x,), init_kwargs=kwargs, train=train, seed=830 + i))
     return cases
 
+
+# --- 08.3: count the parameters --------------------------------------------------------------------
 
 def _mha_parameters(d_in: int, d_out: int, qkv_bias: bool) -> int:
-    with torch.device("meta"):  # shapes only: no memory is allocated, even for DeepSeek-V3's width
-        layer = MultiHeadAttention(d_in, d_out, context_length=1, n_heads=1, qkv_bias=qkv_bias)
-    return sum(p.numel() for p in layer.parameters())
+    return sum(p.numel() for p in _meta_layer(d_in, d_out, n_heads=1, qkv_bias=qkv_bias).parameters())
 
 
 @exercise("08.3", "parameters of one multi-head attention layer", atol=0)
 def _cases_mha_parameters():
     settings = [
-        (6, 6, False),  # the lecture's example
-        (768, 768, True),  # GPT-2 small: biased Q/K/V
-        (768, 768, False),
-        (512, 512, False),  # the original Transformer (base)
-        (8, 4, True),  # d_in differs from d_out
-        (7168, 7168, False),  # a plain MHA layer as wide as DeepSeek-V3
+        ("the lecture's layer: d_in = d_out = 6, no Q/K/V bias", (6, 6, False)),
+        ("GPT-2 small: 768 wide, biased Q/K/V", (768, 768, True)),
+        ("768 wide, no Q/K/V bias", (768, 768, False)),
+        ("the original Transformer (base): 512 wide", (512, 512, False)),
+        ("d_in 8 != d_out 4, biased Q/K/V", (8, 4, True)),
+        ("a plain MHA layer as wide as DeepSeek-V3 (7168)", (7168, 7168, False)),
     ]
-    return [(s, _mha_parameters(*s)) for s in settings]
-
-
-@exercise("08.4", "causal attention weights for all heads at once")
-def _cases_causal_weights():
-    cases = []
-    for i, (B, T, H, d_h) in enumerate(_SHAPES):
-        q, k = 2 * _randn(B, H, T, d_h, seed=820 + i), 2 * _randn(B, H, T, d_h, seed=830 + i)
-        _, weights = scaled_dot_product_attention(q, k, torch.zeros(B, H, T, 1), causal_mask(T),
-                                                  return_weights=True)
-        cases.append(((q, k), weights))
-    return cases
+    return [Case(label, s, _mha_parameters(*s)) for label, s in settings]
