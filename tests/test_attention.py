@@ -1,12 +1,13 @@
-"""Attention (Lectures 04-08) against PyTorch's own implementations and exact identities."""
+"""Attention (Lectures 04-11) against PyTorch's own implementations and exact identities."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.attention import (CausalAttention, MultiHeadAttention, MultiHeadAttentionWrapper, SelfAttention,
-                             causal_mask, dot_product_context, scaled_dot_product_attention)
+from utils.attention import (CausalAttention, GroupedQueryAttention, MultiHeadAttention, MultiHeadAttentionWrapper,
+                             MultiQueryAttention, SelfAttention, causal_mask, dot_product_context,
+                             scaled_dot_product_attention)
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -80,6 +81,8 @@ def test_mha_equals_stacked_heads_wrapper():
     lambda: MultiHeadAttentionWrapper(8, 4, 12, 2),
     lambda: MultiHeadAttention(8, 8, 12, 2),
     lambda: MultiHeadAttention(8, 8, 12, 2, use_sdpa=True),
+    lambda: GroupedQueryAttention(8, 8, 12, 4, 2),
+    lambda: MultiQueryAttention(8, 8, 12, 4, use_sdpa=True),
 ])
 def test_changing_future_tokens_never_changes_earlier_outputs(make):
     torch.manual_seed(0)
@@ -141,6 +144,9 @@ def test_shapes_through_every_layer():
     (lambda: MultiHeadAttention(8, 8, 0, 2), "context_length"),
     (lambda: CausalAttention(8, 4, 12, dropout=1.5), "dropout"),
     (lambda: SelfAttention(0, 4), "positive"),
+    (lambda: GroupedQueryAttention(8, 8, 12, 4, 3), r"n_heads=4 must be divisible by n_kv_groups=3.*\[1, 2, 4\]"),
+    (lambda: GroupedQueryAttention(8, 8, 12, 4, 0), "n_kv_groups"),
+    (lambda: MultiQueryAttention(8, 10, 12, 3), "divisible by n_heads"),
 ])
 def test_bad_construction_says_what_to_change(make, message):
     with pytest.raises(ValueError, match=message):
@@ -157,3 +163,89 @@ def test_mismatched_input_width_raises(layer):
 def test_sequence_longer_than_mask_raises(layer):
     with pytest.raises(ValueError, match="exceeds context_length=12"):
         layer(torch.randn(1, 13, 8))
+
+
+# --- grouped-query and multi-query attention (Lectures 10-11) -----------------------------------
+
+def test_mha_keeps_its_lecture_08_layout():
+    layer = MultiHeadAttention(6, 6, 5, 2)
+    assert isinstance(layer, GroupedQueryAttention) and layer.n_kv_groups == 2
+    assert {k: tuple(v.shape) for k, v in layer.state_dict().items()} == {
+        "qkv.weight": (18, 6), "out_proj.weight": (6, 6), "out_proj.bias": (6,)}
+    assert [name for name, _ in layer.named_children()] == ["qkv", "out_proj", "dropout"]
+
+
+def test_gqa_projection_shapes_and_parameters():
+    mqa, gqa, mha = (GroupedQueryAttention(32, 32, 8, 8, g) for g in (1, 2, 8))
+    assert mqa.qkv.weight.shape == (32 + 2 * 4, 32) and gqa.qkv.weight.shape == (32 + 2 * 8, 32)
+    assert mha.qkv.weight.shape == (3 * 32, 32) and gqa.group_size == 4
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    assert n(mha) - n(gqa) == 2 * (32 - 8) * 32 and n(gqa) - n(mqa) == 2 * 4 * 32
+
+
+@pytest.mark.parametrize("use_sdpa", [False, True])
+def test_gqa_with_groups_equal_heads_is_mha(use_sdpa):
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(12, 12, 10, 3, qkv_bias=True, use_sdpa=use_sdpa).eval()
+    gqa = GroupedQueryAttention(12, 12, 10, 3, 3, qkv_bias=True, use_sdpa=use_sdpa).eval()
+    gqa.load_state_dict(mha.state_dict())  # same keys and shapes: the weights map one to one
+    x = torch.randn(2, 10, 12)
+    torch.testing.assert_close(gqa(x), mha(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("use_sdpa", [False, True])
+def test_gqa_with_one_group_is_mqa(use_sdpa):
+    torch.manual_seed(0)
+    mqa = MultiQueryAttention(12, 12, 10, 4, use_sdpa=use_sdpa).eval()
+    gqa = GroupedQueryAttention(12, 12, 10, 4, 1, use_sdpa=use_sdpa).eval()
+    gqa.load_state_dict(mqa.state_dict())
+    x = torch.randn(2, 10, 12)
+    torch.testing.assert_close(gqa(x), mqa(x), atol=0, rtol=0)
+
+
+def _gqa(groups, d=24, heads=6, ctx=9, **kw):
+    torch.manual_seed(0)
+    layer = GroupedQueryAttention(d, d, ctx, heads, groups, qkv_bias=True, **kw).eval()
+    with torch.no_grad():  # make K/V heads clearly different, so a wrong head-to-group map shows
+        layer.qkv.weight.mul_(5.0)
+    return layer
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3, 6])
+def test_gqa_matches_torch_sdpa_with_enable_gqa(groups):
+    layer = _gqa(groups)
+    x = torch.randn(2, 9, 24)
+    q, k, v = layer.qkv(x).split([24, layer.kv_dim, layer.kv_dim], dim=-1)
+    heads = lambda t, n: t.view(2, 9, n, 4).transpose(1, 2)  # (B, n, T, d_h)
+    context = F.scaled_dot_product_attention(heads(q, 6), heads(k, groups), heads(v, groups),
+                                             is_causal=True, enable_gqa=True)  # (B, 6, T, d_h)
+    expected = layer.out_proj(context.transpose(1, 2).reshape(2, 9, 24))
+    torch.testing.assert_close(layer(x), expected, **TOL)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3])
+def test_gqa_equals_mha_with_each_kv_head_copied_to_its_group(groups):
+    """Mapped weights: MHA whose K/V heads h = g * group_size ... are copies of GQA's K/V head g."""
+    gqa = _gqa(groups)
+    mha = MultiHeadAttention(24, 24, 9, 6, qkv_bias=True).eval()
+    size = 6 // groups
+    repeat = lambda w: w.view(groups, 4, *w.shape[1:]).repeat_interleave(size, dim=0).reshape(24, *w.shape[1:])
+    with torch.no_grad():
+        for name in ("weight", "bias"):
+            wq, wk, wv = getattr(gqa.qkv, name).split([24, gqa.kv_dim, gqa.kv_dim])
+            getattr(mha.qkv, name).copy_(torch.cat([wq, repeat(wk), repeat(wv)]))
+        mha.out_proj.load_state_dict(gqa.out_proj.state_dict())
+    x = torch.randn(2, 9, 24)
+    torch.testing.assert_close(gqa(x), mha(x), **TOL)
+    _, w_gqa = gqa(x, return_weights=True)
+    _, w_mha = mha(x, return_weights=True)
+    torch.testing.assert_close(w_gqa, w_mha, **TOL)
+    if groups < 6:  # heads of one group share keys, yet their weights differ (their queries do)
+        assert not torch.allclose(w_gqa[:, 0], w_gqa[:, 1])
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_gqa_sdpa_path_matches_explicit_core(groups):
+    explicit, fused = _gqa(groups), _gqa(groups, use_sdpa=True)
+    x = torch.randn(2, 9, 24)
+    torch.testing.assert_close(explicit(x), fused(x), **TOL)

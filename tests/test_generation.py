@@ -67,3 +67,22 @@ def test_ids_outside_vocabulary_raise(model):
         generate(model, torch.tensor([[1, 40]]), 2)
     with pytest.raises(ValueError, match="non-empty"):
         generate(model, torch.tensor([1, 2]), 2)
+
+
+def test_cached_greedy_matches_manual_argmax_with_cropping(model):
+    """Lecture 09: with the cache, the same tokens as the uncached loop, also past context_length (8)."""
+    prompt = torch.tensor([[1, 2, 3]])
+    assert torch.equal(generate(model, prompt, 10, use_cache=True), generate(model, prompt, 10))
+
+
+def test_use_cache_needs_a_model_with_cache_support():
+    class Plain(torch.nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+
+        def forward(self, x):
+            return x
+
+    model = GPTModel(CFG, attention=Plain)
+    with pytest.raises(ValueError, match="no KV-cache support"):
+        generate(model, torch.tensor([[1]]), 2, use_cache=True)

@@ -1,10 +1,14 @@
-"""Attention, built up over Lectures 04-08.
+"""Attention, built up over Lectures 04-11.
 
 04 :func:`dot_product_context` (context vectors from raw dot products),
 05 :class:`SelfAttention` (trainable W_q, W_k, W_v, scaled softmax),
 06 :func:`causal_mask` and :class:`CausalAttention`,
 07 :class:`MultiHeadAttentionWrapper` (stacked causal heads),
-08 :class:`MultiHeadAttention` (one fused projection, heads by view/transpose).
+08 :class:`MultiHeadAttention` (one fused projection, heads by view/transpose),
+09 a KV cache in ``forward(x, cache=...)`` (:mod:`utils.kv_cache`),
+10 :class:`MultiQueryAttention` (one key/value head shared by all query heads),
+11 :class:`GroupedQueryAttention` (query heads in groups sharing K/V heads); MHA and MQA are
+its two extremes and subclass it.
 All of them share one core, :func:`scaled_dot_product_attention`.
 """
 
@@ -15,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from utils.kv_cache import LayerKVCache
 
 
 def dot_product_context(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +144,111 @@ class MultiHeadAttentionWrapper(nn.Module):
         return torch.cat([head(x) for head in self.heads], dim=-1)
 
 
-class MultiHeadAttention(nn.Module):
+def _check_groups(n_heads: int, n_kv_groups: int) -> None:
+    if not isinstance(n_kv_groups, int) or n_kv_groups <= 0 or n_heads % n_kv_groups:
+        raise ValueError(f"n_heads={n_heads} must be divisible by n_kv_groups={n_kv_groups}; choose n_kv_groups "
+                         f"among {[g for g in range(1, n_heads + 1) if n_heads % g == 0]} "
+                         f"({n_heads} = multi-head, 1 = multi-query).")
+
+
+class GroupedQueryAttention(nn.Module):
+    """Causal attention whose ``n_heads`` query heads share ``n_kv_groups`` key/value heads (Lecture 11).
+
+    Query heads are split into ``n_kv_groups`` groups of ``n_heads // n_kv_groups`` consecutive
+    heads; the heads of group g all use K/V head g. ``n_kv_groups = n_heads`` is multi-head
+    attention (:class:`MultiHeadAttention`, Lecture 08), ``n_kv_groups = 1`` multi-query
+    attention (:class:`MultiQueryAttention`, Lecture 10). ``qkv`` is one
+    ``nn.Linear(d_in, d_out + 2 * n_kv_groups * head_dim)`` whose rows are [W_q; W_k; W_v];
+    ``out_proj`` mixes the heads. ``use_sdpa=True`` computes the same core with PyTorch's fused
+    ``scaled_dot_product_attention`` (faster; ``return_weights`` is then unavailable).
+
+    With ``cache`` (a :class:`utils.kv_cache.LayerKVCache`, Lecture 09), ``x`` holds only the new
+    tokens: their keys and values are appended to the cache, and their queries attend to every
+    cached token and to themselves (the causal mask shifted by the cache's position).
+    The cache stores K/V before they are repeated across a group, so it shrinks with the groups.
+    """
+
+    def __init__(self, d_in: int, d_out: int, context_length: int, n_heads: int, n_kv_groups: int,
+                 dropout: float = 0.0, qkv_bias: bool = False, use_sdpa: bool = False):
+        super().__init__()
+        _check_heads(d_out, n_heads)
+        _check_groups(n_heads, n_kv_groups)
+        _check_causal(context_length, dropout)
+        self.d_in, self.d_out, self.n_heads, self.n_kv_groups = d_in, d_out, n_heads, n_kv_groups
+        self.head_dim = d_out // n_heads
+        self.kv_dim = n_kv_groups * self.head_dim  # width of K (and of V): n_kv_groups heads of head_dim
+        self.context_length, self.use_sdpa, self.dropout_p = context_length, use_sdpa, dropout
+        self.qkv = nn.Linear(d_in, d_out + 2 * self.kv_dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out)
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("mask", causal_mask(context_length), persistent=False)
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per K/V head."""
+        return self.n_heads // self.n_kv_groups
+
+    def split_heads(self, x: torch.Tensor, n_heads: int | None = None) -> torch.Tensor:
+        """(B, T, n_heads * head_dim) -> (B, n_heads, T, head_dim); ``n_heads`` defaults to the query heads."""
+        B, T, _ = x.shape
+        return x.view(B, T, n_heads or self.n_heads, self.head_dim).transpose(1, 2)
+
+    def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, n_heads, T, head_dim) -> (B, T, d_out)."""
+        B, _, T, _ = x.shape
+        return x.transpose(1, 2).contiguous().view(B, T, self.d_out)
+
+    def repeat_kv(self, x: torch.Tensor) -> torch.Tensor:
+        """Share each K/V head with its group: (B, n_kv_groups, T, d_h) -> (B, n_heads, T, d_h).
+
+        Head g is repeated ``group_size`` times in a row (``repeat_interleave``), so query heads
+        g * group_size ... (g + 1) * group_size - 1 see it. Nothing is copied for MHA.
+        """
+        return x if self.group_size == 1 else x.repeat_interleave(self.group_size, dim=1)
+
+    def new_cache(self, batch_size: int, capacity: int | None = None, dtype: torch.dtype | None = None,
+                  device=None) -> LayerKVCache:
+        """An empty cache for this layer: K and V buffers (B, n_kv_groups, capacity, head_dim) (Lecture 09)."""
+        capacity = self.context_length if capacity is None else capacity
+        if capacity > self.context_length:
+            raise ValueError(f"capacity {capacity} exceeds context_length={self.context_length}: the causal mask "
+                             f"has no rows past it; use capacity <= {self.context_length}.")
+        return LayerKVCache(batch_size, self.n_kv_groups, capacity, self.head_dim,
+                            dtype=dtype or self.qkv.weight.dtype,
+                            device=device if device is not None else self.qkv.weight.device)
+
+    def forward(self, x: torch.Tensor, return_weights: bool = False, cache: LayerKVCache | None = None):
+        _check_width(x, self.d_in, type(self).__name__)
+        if x.dim() != 3:
+            raise ValueError(f"{type(self).__name__} expects (batch, tokens, d_in), got shape {tuple(x.shape)}; "
+                             "add a batch axis with x.unsqueeze(0).")
+        T = x.shape[1]
+        start = 0 if cache is None else cache.position  # position of the first new token
+        if cache is not None and start + T > self.context_length:
+            raise ValueError(f"{type(self).__name__}: the cache holds {start} tokens and {T} new ones would pass "
+                             f"context_length={self.context_length}; call cache.reset() and prefill the last "
+                             f"{self.context_length} tokens, or build the layer with a larger context_length.")
+        _check_length(T, self.context_length, type(self).__name__)
+        q, k, v = self.qkv(x).split([self.d_out, self.kv_dim, self.kv_dim], dim=-1)
+        q = self.split_heads(q)  # (B, H, T, d_h)
+        k, v = self.split_heads(k, self.n_kv_groups), self.split_heads(v, self.n_kv_groups)  # (B, G, T, d_h)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, G, start + T, d_h): cached tokens, then the new ones
+        k, v = self.repeat_kv(k), self.repeat_kv(v)  # (B, H, T_k, d_h)
+        mask = self.mask[start:start + T, :start + T]  # (T, T_k): new queries sit at rows start...
+        if self.use_sdpa and not return_weights:
+            p = self.dropout_p if self.training else 0.0
+            if start == 0:
+                context = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            else:  # torch's is_causal aligns the mask top-left, so pass it explicitly (True = may attend)
+                context = F.scaled_dot_product_attention(q, k, v, attn_mask=~mask, dropout_p=p)
+            return self.out_proj(self.merge_heads(context))  # (B, T, d_out)
+        context, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout, return_weights=True)
+        out = self.out_proj(self.merge_heads(context))  # (B, T, d_out)
+        return (out, weights) if return_weights else out  # weights: (B, H, T, T_k)
+
+
+class MultiHeadAttention(GroupedQueryAttention):
     """Causal multi-head attention with one fused Q/K/V projection (Lecture 08).
 
     ``qkv`` is one ``nn.Linear(d_in, 3 * d_out)`` whose rows are [W_q; W_k; W_v] (the layout of
@@ -146,44 +256,24 @@ class MultiHeadAttention(nn.Module):
     view/transpose, attention runs per head in one batched matmul, heads are merged and mixed
     by ``out_proj``. ``use_sdpa=True`` computes the same core with PyTorch's fused
     ``scaled_dot_product_attention`` (faster; ``return_weights`` is then unavailable).
+    It is :class:`GroupedQueryAttention` with one K/V head per query head (``n_kv_groups = n_heads``);
+    ``forward(x, cache=...)`` is the cached step of Lecture 09.
     """
 
     def __init__(self, d_in: int, d_out: int, context_length: int, n_heads: int,
                  dropout: float = 0.0, qkv_bias: bool = False, use_sdpa: bool = False):
-        super().__init__()
         _check_heads(d_out, n_heads)
-        _check_causal(context_length, dropout)
-        self.d_in, self.d_out, self.n_heads = d_in, d_out, n_heads
-        self.head_dim = d_out // n_heads
-        self.context_length, self.use_sdpa, self.dropout_p = context_length, use_sdpa, dropout
-        self.qkv = nn.Linear(d_in, 3 * d_out, bias=qkv_bias)
-        self.out_proj = nn.Linear(d_out, d_out)
-        self.dropout = nn.Dropout(dropout)
-        self.register_buffer("mask", causal_mask(context_length), persistent=False)
+        super().__init__(d_in, d_out, context_length, n_heads, n_heads, dropout, qkv_bias, use_sdpa)
 
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, d_out) -> (B, n_heads, T, head_dim)."""
-        B, T, _ = x.shape
-        return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
 
-    def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, n_heads, T, head_dim) -> (B, T, d_out)."""
-        B, _, T, _ = x.shape
-        return x.transpose(1, 2).contiguous().view(B, T, self.d_out)
+class MultiQueryAttention(GroupedQueryAttention):
+    """Causal attention in which all query heads share one key head and one value head (Lecture 10).
 
-    def forward(self, x: torch.Tensor, return_weights: bool = False) -> torch.Tensor:
-        _check_width(x, self.d_in, type(self).__name__)
-        if x.dim() != 3:
-            raise ValueError(f"MultiHeadAttention expects (batch, tokens, d_in), got shape {tuple(x.shape)}; "
-                             "add a batch axis with x.unsqueeze(0).")
-        T = x.shape[1]
-        _check_length(T, self.context_length, type(self).__name__)
-        q, k, v = (self.split_heads(t) for t in self.qkv(x).split(self.d_out, dim=-1))  # 3 x (B, H, T, d_h)
-        if self.use_sdpa and not return_weights:
-            p = self.dropout_p if self.training else 0.0
-            context = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-            return self.out_proj(self.merge_heads(context))  # (B, T, d_out)
-        context, weights = scaled_dot_product_attention(q, k, v, self.mask[:T, :T], self.dropout,
-                                                        return_weights=True)
-        out = self.out_proj(self.merge_heads(context))  # (B, T, d_out)
-        return (out, weights) if return_weights else out  # weights: (B, H, T, T)
+    :class:`GroupedQueryAttention` with ``n_kv_groups = 1``: ``qkv`` maps d_in to
+    d_out + 2 * head_dim, and the cache holds one K/V head per layer, n_heads times less than MHA.
+    """
+
+    def __init__(self, d_in: int, d_out: int, context_length: int, n_heads: int,
+                 dropout: float = 0.0, qkv_bias: bool = False, use_sdpa: bool = False):
+        _check_heads(d_out, n_heads)
+        super().__init__(d_in, d_out, context_length, n_heads, 1, dropout, qkv_bias, use_sdpa)

@@ -2,8 +2,10 @@
 
 Token + learned position embeddings, ``n_layers`` pre-norm transformer blocks, a final
 norm and an output head (optionally tied to the token embedding). Attention defaults to
-our :class:`utils.attention.MultiHeadAttention` (Lecture 08); later lectures pass their own
-factories (MLA, MoE) to :class:`GPTModel`.
+our :class:`utils.attention.MultiHeadAttention` (Lecture 08), or multi-query / grouped-query
+attention with ``GPTConfig(n_kv_groups=...)`` (Lectures 10-11); later lectures pass their own
+factories (MLA, MoE) to :class:`GPTModel`. ``GPTModel.forward(idx, cache=...)`` runs with a
+KV cache (Lecture 09, :mod:`utils.kv_cache`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import math
 import torch
 from torch import nn
 
-from utils.attention import MultiHeadAttention
+from utils.attention import GroupedQueryAttention, MultiHeadAttention, MultiQueryAttention
+from utils.kv_cache import KVCache
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class GPTConfig:
     qkv_bias: bool = False
     tie_embeddings: bool = False
     use_sdpa: bool = False  # compute attention with torch's fused kernel (same result, faster)
+    n_kv_groups: int | None = None  # K/V heads (Lectures 10-11): None = n_heads (MHA), 1 = MQA, else GQA
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "d_model", "n_heads", "n_layers"):
@@ -45,6 +49,10 @@ class GPTConfig:
                              f"pick n_heads among {[h for h in range(1, self.d_model + 1) if self.d_model % h == 0][:12]}...")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must lie in [0, 1), got {self.dropout}.")
+        if self.n_kv_groups is not None and (self.n_kv_groups <= 0 or self.n_heads % self.n_kv_groups):
+            raise ValueError(f"GPTConfig: n_heads={self.n_heads} is not divisible by n_kv_groups={self.n_kv_groups}; "
+                             f"pick n_kv_groups among {[g for g in range(1, self.n_heads + 1) if self.n_heads % g == 0]} "
+                             "(or None for multi-head attention).")
 
     @property
     def hidden_dim(self) -> int:
@@ -64,9 +72,14 @@ FeedForwardFactory = Callable[[GPTConfig], nn.Module]
 
 
 def default_attention(cfg: GPTConfig) -> nn.Module:
-    """Our causal multi-head attention (Lecture 08), sized by ``cfg``."""
-    return MultiHeadAttention(cfg.d_model, cfg.d_model, cfg.context_length, cfg.n_heads,
-                              cfg.dropout, cfg.qkv_bias, cfg.use_sdpa)
+    """Our causal attention sized by ``cfg``: multi-head (Lecture 08) unless ``cfg.n_kv_groups`` asks
+    for multi-query (1, Lecture 10) or grouped-query attention (Lecture 11)."""
+    args = (cfg.d_model, cfg.d_model, cfg.context_length, cfg.n_heads)
+    if cfg.n_kv_groups is None or cfg.n_kv_groups == cfg.n_heads:
+        return MultiHeadAttention(*args, cfg.dropout, cfg.qkv_bias, cfg.use_sdpa)
+    if cfg.n_kv_groups == 1:
+        return MultiQueryAttention(*args, cfg.dropout, cfg.qkv_bias, cfg.use_sdpa)
+    return GroupedQueryAttention(*args, cfg.n_kv_groups, cfg.dropout, cfg.qkv_bias, cfg.use_sdpa)
 
 
 class FeedForward(nn.Module):
@@ -92,8 +105,11 @@ class TransformerBlock(nn.Module):
         self.ff = feed_forward
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x)))  # (B, T, d_model)
+    def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
+        """``cache``: this block's per-layer KV cache (Lecture 09), passed on to the attention."""
+        h = self.norm1(x)
+        h = self.attn(h) if cache is None else self.attn(h, cache=cache)
+        x = x + self.drop(h)  # (B, T, d_model)
         return x + self.drop(self.ff(self.norm2(x)))
 
 
@@ -132,24 +148,51 @@ class GPTModel(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def embed(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token plus position embeddings: ids (B, T) -> (B, T, d_model), before dropout."""
-        return self.tok_emb(idx) + self.pos_emb(torch.arange(idx.shape[1], device=idx.device))
+    def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Token plus position embeddings: ids (B, T) -> (B, T, d_model), before dropout.
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        The tokens sit at positions ``start ... start + T - 1`` (``start`` > 0 after a KV cache).
+        """
+        return self.tok_emb(idx) + self.pos_emb(torch.arange(start, start + idx.shape[1], device=idx.device))
+
+    def new_cache(self, batch_size: int = 1, capacity: int | None = None) -> KVCache:
+        """An empty KV cache for this model (Lecture 09): one (B, n_kv_heads, capacity, d_h) K and V
+        buffer per block; ``capacity`` defaults to ``context_length``. See :class:`utils.kv_cache.KVCache`."""
+        return KVCache.for_model(self, batch_size, capacity)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Ids (B, T) -> logits (B, T, vocab_size).
+
+        With ``cache`` (Lecture 09), ``idx`` holds only the new tokens: they get position ids
+        ``cache.position ... cache.position + T - 1``, each block appends their keys and values to
+        its layer of the cache and attends over everything stored.
+        """
         if idx.dim() != 2 or idx.dtype != torch.long:
             raise ValueError(f"GPTModel expects a (batch, tokens) LongTensor of ids, got {tuple(idx.shape)} "
                              f"{idx.dtype}; add a batch axis with idx.unsqueeze(0).")
         B, T = idx.shape
+        start = 0 if cache is None else cache.position
+        if cache is not None:
+            if len(cache) != len(self.blocks):
+                raise ValueError(f"the cache has {len(cache)} layers, the model {len(self.blocks)} blocks; "
+                                 "build it with model.new_cache().")
+            if start + T > self.cfg.context_length:
+                raise ValueError(f"the cache holds {start} tokens and {T} new ones would pass context_length="
+                                 f"{self.cfg.context_length}; call cache.reset() and prefill the last "
+                                 "context_length tokens.")
         if T > self.cfg.context_length:
             raise ValueError(f"Sequence length {T} exceeds context_length={self.cfg.context_length}; "
                              "crop to the last context_length tokens.")
         if idx.numel() and (idx.min() < 0 or idx.max() >= self.cfg.vocab_size):
             raise ValueError(f"Token ids must lie in [0, {self.cfg.vocab_size}); got "
                              f"[{int(idx.min())}, {int(idx.max())}]. Encode with the model's vocabulary.")
-        x = self.drop(self.embed(idx))  # (B, T, d_model)
-        for block in self.blocks:
-            x = block(x)
+        x = self.drop(self.embed(idx, start))  # (B, T, d_model)
+        if cache is None:
+            for block in self.blocks:
+                x = block(x)
+        else:
+            for block, layer_cache in zip(self.blocks, cache.layers):
+                x = block(x, cache=layer_cache)
         return self.out_head(self.final_norm(x))  # (B, T, vocab_size)
 
 
