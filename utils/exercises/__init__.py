@@ -88,6 +88,21 @@ def get_exercise(key: str) -> Exercise:
     return _REGISTRY[key]
 
 
+# --- building cases without touching the global random state ---------------------------------------
+
+def randn(*shape: int, seed: int, scale: float = 1.0) -> torch.Tensor:
+    """``scale * torch.randn(*shape)`` from a private generator seeded with ``seed``."""
+    return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def seeded(factory: Callable[..., Any], *args, seed: int, **kwargs) -> Any:
+    """``factory(*args, **kwargs)`` (e.g. a module whose init draws weights) with the global generator
+    seeded to ``seed`` inside ``torch.random.fork_rng``, so the caller's random state is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory(*args, **kwargs)
+
+
 # --- exercises in which the learner writes a module ------------------------------------------------
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 
 from utils.attention import CausalAttention, causal_mask
 from utils.data import WindowDataset
-from utils.exercises import Case, exercise, module_case, run_module
+from utils.exercises import Case, exercise, module_case, randn, run_module, seeded
 
 # "Your journey starts with one step": the lecture's six 3-dimensional embeddings
 # (from Raschka, Build a Large Language Model (From Scratch), chapter 3).
@@ -20,8 +20,6 @@ JOURNEY = torch.tensor([[0.43, 0.15, 0.89], [0.55, 0.87, 0.66], [0.57, 0.85, 0.6
                         [0.22, 0.58, 0.33], [0.77, 0.25, 0.10], [0.05, 0.80, 0.55]])
 
 
-def _randn(*shape: int, seed: int, scale: float = 1.0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
 
 
 def _masked_softmax(scores: torch.Tensor) -> torch.Tensor:
@@ -31,10 +29,10 @@ def _masked_softmax(scores: torch.Tensor) -> torch.Tensor:
 
 def _score_cases(seed0: int) -> list[tuple[str, torch.Tensor]]:
     """Scores whose causal weights differ clearly from the unmasked ones, and from a mask that hides the diagonal."""
-    return [("T = 4", _randn(4, 4, seed=seed0, scale=2.0)),
-            ("T = 6, future scores larger than past ones", _randn(6, 6, seed=seed0 + 1, scale=2.0)
+    return [("T = 4", randn(4, 4, seed=seed0, scale=2.0)),
+            ("T = 6, future scores larger than past ones", randn(6, 6, seed=seed0 + 1, scale=2.0)
              + 3.0 * torch.triu(torch.ones(6, 6), diagonal=1)),
-            ("a batch (2, 5, 5): the mask broadcasts over leading axes", _randn(2, 5, 5, seed=seed0 + 2, scale=2.0))]
+            ("a batch (2, 5, 5): the mask broadcasts over leading axes", randn(2, 5, 5, seed=seed0 + 2, scale=2.0))]
 
 
 @exercise("06.1", "causal softmax weights from scores")
@@ -53,11 +51,6 @@ def _renormalise():
             for label, scores in _score_cases(10)]
 
 
-def _reference(*init_args, seed: int, **init_kwargs) -> CausalAttention:
-    """utils' CausalAttention with weights drawn from ``seed``, leaving the global random state alone."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return CausalAttention(*init_args, **init_kwargs)
 
 
 @exercise("06.3", "CausalAttention.forward: mask, scale, softmax, dropout", call=run_module)
@@ -68,14 +61,14 @@ def _causal_attention():
     batch = torch.stack((JOURNEY, JOURNEY))  # (2, 6, 3)
     return [
         module_case("the lecture's batch: 'Your journey starts with one step' twice, (2, 6, 3) -> (2, 6, 2)",
-                    _reference(3, 2, 6, seed=789), (3, 2, 6), (batch,)),
+                    seeded(CausalAttention, 3, 2, 6, seed=789), (3, 2, 6), (batch,)),
         module_case("T = 4 < context_length = 6: the mask is cut to [:T, :T]",
-                    _reference(3, 2, 6, seed=1), (3, 2, 6), (_randn(2, 4, 3, seed=2),)),
+                    seeded(CausalAttention, 3, 2, 6, seed=1), (3, 2, 6), (randn(2, 4, 3, seed=2),)),
         module_case("qkv_bias=True, d_in = 5, d_out = 3, T = 5 < context_length = 8",
-                    _reference(5, 3, 8, qkv_bias=True, seed=3), (5, 3, 8), (_randn(3, 5, 5, seed=4),),
+                    seeded(CausalAttention, 5, 3, 8, qkv_bias=True, seed=3), (5, 3, 8), (randn(3, 5, 5, seed=4),),
                     init_kwargs={"qkv_bias": True}),
         module_case("training mode, dropout 0.5 on the attention weights (same seed, same dropout masks)",
-                    _reference(3, 4, 6, 0.5, seed=5), (3, 4, 6, 0.5), (_randn(2, 6, 3, seed=6),),
+                    seeded(CausalAttention, 3, 4, 6, 0.5, seed=5), (3, 4, 6, 0.5), (randn(2, 6, 3, seed=6),),
                     train=True, seed=7),
     ]
 

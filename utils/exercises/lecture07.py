@@ -10,18 +10,11 @@ from __future__ import annotations
 import torch
 
 from utils.attention import MultiHeadAttention, MultiHeadAttentionWrapper
-from utils.exercises import Case, exercise, module_case, run_module
+from utils.exercises import Case, exercise, module_case, randn, run_module, seeded
 
 
-def _randn(*shape: int, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def _wrapper(*init_args, seed: int, **init_kwargs) -> MultiHeadAttentionWrapper:
-    """utils' MultiHeadAttentionWrapper with weights drawn from ``seed``, leaving the global random state alone."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return MultiHeadAttentionWrapper(*init_args, **init_kwargs)
 
 
 @exercise("07.1", "MultiHeadAttentionWrapper: causal heads side by side", call=run_module)
@@ -32,14 +25,14 @@ def _head_wrapper():
     (B, T, d_out) output, head 0's columns first."""
     return [
         module_case("the lecture's sizes: (1, 11, 8), d_out = 4 in 2 heads of width 2",
-                    _wrapper(8, 4, 11, 2, seed=0), (8, 4, 11, 2), (_randn(1, 11, 8, seed=1),)),
+                    seeded(MultiHeadAttentionWrapper, 8, 4, 11, 2, seed=0), (8, 4, 11, 2), (randn(1, 11, 8, seed=1),)),
         module_case("3 heads of width 2, a batch of 2, T = 5 < context_length = 8",
-                    _wrapper(6, 6, 8, 3, seed=2), (6, 6, 8, 3), (_randn(2, 5, 6, seed=3),)),
+                    seeded(MultiHeadAttentionWrapper, 6, 6, 8, 3, seed=2), (6, 6, 8, 3), (randn(2, 5, 6, seed=3),)),
         module_case("4 heads with qkv_bias=True, d_in = 5 != d_out = 8",
-                    _wrapper(5, 8, 6, 4, qkv_bias=True, seed=4), (5, 8, 6, 4), (_randn(2, 6, 5, seed=5),),
+                    seeded(MultiHeadAttentionWrapper, 5, 8, 6, 4, qkv_bias=True, seed=4), (5, 8, 6, 4), (randn(2, 6, 5, seed=5),),
                     init_kwargs={"qkv_bias": True}),
         module_case("training mode, dropout 0.3 in every head (same seed, same dropout masks)",
-                    _wrapper(4, 4, 6, 2, 0.3, seed=6), (4, 4, 6, 2, 0.3), (_randn(2, 6, 4, seed=7),),
+                    seeded(MultiHeadAttentionWrapper, 4, 4, 6, 2, 0.3, seed=6), (4, 4, 6, 2, 0.3), (randn(2, 6, 4, seed=7),),
                     train=True, seed=8),
     ]
 
@@ -55,7 +48,7 @@ def _split_projection():
                                               ("square (6, 6) into 3 heads", 6, 6, 3, 1),
                                               ("(5, 8) into 4 heads of width 2", 5, 8, 4, 2),
                                               ("one head: the whole matrix", 3, 6, 1, 3)):
-        W = _randn(d_in, d_out, seed=seed)
+        W = randn(d_in, d_out, seed=seed)
         with torch.random.fork_rng(devices=[]):
             mha = MultiHeadAttention(d_in, d_out, 4, n_heads)
         eye = torch.eye(d_in).unsqueeze(0)  # (1, d_in, d_in): the rows of W are eye @ W

@@ -11,11 +11,9 @@ from __future__ import annotations
 import torch
 
 from utils.attention import MultiHeadAttention
-from utils.exercises import Case, exercise, module_case, run_module
+from utils.exercises import Case, exercise, module_case, randn, run_module
 
 
-def _randn(*shape: int, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def _meta_layer(d_in: int, d_out: int, n_heads: int, qkv_bias: bool = False) -> MultiHeadAttention:
@@ -38,7 +36,7 @@ _SPLIT = [  # (label, (B, T, H, d_h))
 def _cases_split_heads():
     cases = []
     for i, (label, (B, T, H, d_h)) in enumerate(_SPLIT):
-        x = _randn(B, T, H * d_h, seed=800 + i)
+        x = randn(B, T, H * d_h, seed=800 + i)
         cases.append(Case(label, (x, H), _meta_layer(H * d_h, H * d_h, H).split_heads(x)))
     return cases
 
@@ -66,7 +64,7 @@ def _cases_forward():
         with torch.random.fork_rng(devices=[]):  # the reference's weights: drawn without touching the caller's state
             torch.manual_seed(810 + i)
             reference = MultiHeadAttention(*init_args, **kwargs)
-        x = LECTURE_X if shape is None else _randn(*shape, seed=820 + i)
+        x = LECTURE_X if shape is None else randn(*shape, seed=820 + i)
         cases.append(module_case(label, reference, init_args, (x,), init_kwargs=kwargs, train=train, seed=830 + i))
     return cases
 
