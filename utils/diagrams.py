@@ -1,12 +1,138 @@
 """Diagrams drawn with matplotlib, so they render in JupyterLab, on GitHub and in Colab (Lectures 03-11).
 
 Each function draws one picture of an idea (a GPT block and its data flow, the sliding window
-over token ids, the memory layout of attention heads) and returns the matplotlib figure.
+over token ids, the memory layout of attention heads, query heads sharing K/V heads) and returns the matplotlib figure.
 """
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+
+
+def _block_box(ax, x, y, w, h, text, color, fontsize=9, weight="normal"):
+    """A rounded box centred at (x, y) with ``text`` in it (Lecture 03)."""
+    from matplotlib.patches import FancyBboxPatch
+
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
+                                facecolor=color, edgecolor="0.3", lw=1))
+    ax.text(x, y, text, ha="center", va="center", fontsize=fontsize, weight=weight)
+
+
+def _block_arrow(ax, start, end, color="0.25", style="-|>", **kwargs):
+    ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle=style, color=color, lw=1.2, **kwargs))
+
+
+def draw_gpt_block():
+    """A GPT's data flow (left) and one pre-norm transformer block (right), with shapes (Lecture 03).
+
+    ids (B, T) -> token + position embedding -> dropout -> L blocks -> final LayerNorm -> output
+    head -> logits (B, T, V); each block is x + Dropout(Attn(LN1(x))), then + Dropout(FFN(LN2(x))).
+    """
+    fig, ax = plt.subplots(figsize=(9.5, 6.6))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 10.4)
+    ax.axis("off")
+    emb, norm, core, drop, io = "#dbe9f6", "#fde2c8", "#d5ecd4", "#eeeeee", "white"
+
+    # left: the whole model, bottom to top
+    x, w, h = 2.0, 3.2, 0.62
+    model = [(0.75, "token ids", io, "(B, T)"),
+             (1.75, "token embedding + position embedding", emb, "(B, T, d)"),
+             (2.85, "dropout", drop, "(B, T, d)"),
+             (5.15, "transformer block  x L", core, "(B, T, d)"),
+             (7.45, "final LayerNorm", norm, "(B, T, d)"),
+             (8.55, "output head  (d -> V)", emb, "(B, T, V)"),
+             (9.65, "logits", io, "")]
+    for i, (y, text, color, shape) in enumerate(model):
+        height = 2.2 if "block" in text else h
+        _block_box(ax, x, y, w, height, text, color, weight="bold" if "block" in text else "normal")
+        if i:
+            prev_y, prev_h = model[i - 1][0], 2.2 if "block" in model[i - 1][1] else h
+            _block_arrow(ax, (x, prev_y + prev_h / 2), (x, y - height / 2))
+            if model[i - 1][3]:
+                ax.text(x + 0.1, (prev_y + prev_h / 2 + y - height / 2) / 2, model[i - 1][3],
+                        fontsize=8, color="0.35", va="center")
+    ax.text(x, 10.25, "the whole model", ha="center", fontsize=10, weight="bold")
+
+    # right: one block, bottom to top, with its two residual connections
+    bx, bw = 6.8, 2.6
+    steps = [(0.6, "x  (block input)", io), (1.6, "LayerNorm 1", norm), (2.6, "causal multi-head attention", core),
+             (3.6, "dropout", drop), (4.55, "+", io), (5.5, "LayerNorm 2", norm),
+             (6.5, "feed-forward  d -> 4d -> d", core), (7.5, "dropout", drop), (8.45, "+", io),
+             (9.4, "block output", io)]
+    for i, (y, text, color) in enumerate(steps):
+        if text == "+":
+            from matplotlib.patches import Circle
+            ax.add_patch(Circle((bx, y), 0.22, facecolor="white", edgecolor="0.3", lw=1.2))
+            ax.text(bx, y, "+", ha="center", va="center", fontsize=13, weight="bold")
+            bottom, top = y - 0.22, y + 0.22
+        else:
+            _block_box(ax, bx, y, bw, 0.55, text, color)
+            bottom, top = y - 0.275, y + 0.275
+        if i:
+            _block_arrow(ax, (bx, prev_top), (bx, bottom))
+        prev_top = top
+    right = bx + bw / 2 + 0.35
+    for branch, plus in ((1.03, 4.55), (4.92, 8.45)):  # residual (shortcut) connections
+        ax.plot([bx], [branch], "o", color="#c0392b", ms=4)
+        ax.plot([bx, right, right], [branch, branch, plus], color="#c0392b", lw=1.4)
+        _block_arrow(ax, (right, plus), (bx + 0.22, plus), color="#c0392b")
+        ax.text(right + 0.08, (branch + plus) / 2, "residual", color="#c0392b", fontsize=8, rotation=90, va="center")
+    ax.text(bx, 10.25, "one block (pre-norm, as GPT-2)", ha="center", fontsize=10, weight="bold")
+    ax.text(bx - bw / 2 - 0.1, 0.6, "(B, T, d)", ha="right", va="center", fontsize=8, color="0.35")
+    ax.text(bx - bw / 2 - 0.1, 9.4, "(B, T, d)", ha="right", va="center", fontsize=8, color="0.35")
+    ax.text(0.35, 0.0, "B batch, T tokens, d width, V vocabulary, L blocks", fontsize=8, color="0.35", va="center")
+
+    # dashed lines: the right-hand side is what one "block" box on the left contains
+    for y_left, y_right in ((5.15 - 1.1, 0.3), (5.15 + 1.1, 9.7)):
+        ax.plot([x + w / 2, bx - bw / 2 - 0.05], [y_left, y_right], ls=":", color="0.55", lw=1)
+    fig.tight_layout()
+    return fig
+
+
+def draw_sliding_windows(ids, context_length, stride, labels=None, max_windows=4):
+    """Input/target windows over a row of token ids: targets are the inputs shifted by one (Lecture 03).
+
+    Window ``i`` starts at ``i * stride`` (as :class:`utils.data.WindowDataset`); its inputs
+    are ``context_length`` ids and its targets the ``context_length`` ids that follow each one.
+    ``labels`` (one string per id, e.g. the decoded tokens) are written under the ids.
+    """
+    from matplotlib.patches import Rectangle
+
+    ids = [int(i) for i in ids]
+    n = len(ids)
+    n_windows = max(0, (n - context_length - 1) // stride + 1)
+    shown = min(n_windows, max_windows)
+    rows = 1 + 2 * shown
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * n + 1.6), 0.55 * rows + 1.1))
+    ax.set_xlim(-1.9, n + 0.1)
+    bottom = -1.15 - 1.3 * (shown - 1) - (0.15 if labels else 0.0) - 0.62 - 0.4
+    ax.set_ylim(min(bottom, -0.8), 0.9)
+    ax.axis("off")
+
+    def cell(col, y, text, color, edge="0.4"):
+        ax.add_patch(Rectangle((col + 0.04, y - 0.3), 0.92, 0.6, facecolor=color, edgecolor=edge, lw=1))
+        ax.text(col + 0.5, y, str(text), ha="center", va="center", fontsize=8)
+
+    for col, i in enumerate(ids):  # the token row, with positions above
+        cell(col, 0.0, i, "white")
+        ax.text(col + 0.5, 0.45, str(col), ha="center", va="bottom", fontsize=7, color="0.45")
+        if labels:
+            ax.text(col + 0.5, -0.42, labels[col], ha="center", va="top", fontsize=7, color="0.3")
+    ax.text(-0.1, 0.0, "token ids", ha="right", va="center", fontsize=9, weight="bold")
+    ax.text(-0.1, 0.5, "position", ha="right", va="bottom", fontsize=7, color="0.45")
+    for w in range(shown):
+        start = w * stride
+        y_in = -1.15 - 1.3 * w + (0.0 if not labels else -0.15)
+        y_out = y_in - 0.62
+        for t in range(context_length):
+            cell(start + t, y_in, ids[start + t], "#dbe9f6")
+            cell(start + 1 + t, y_out, ids[start + 1 + t], "#fde2c8")
+        ax.text(-0.1, y_in, f"window {w}: input", ha="right", va="center", fontsize=8, color="#1f5f99")
+        ax.text(-0.1, y_out, "target", ha="right", va="center", fontsize=8, color="#b35900")
+    more = f" (first {shown} of {n_windows})" if n_windows > shown else ""
+    ax.set_title(f"context length {context_length}, stride {stride}: {n_windows} windows{more}; "
+                 "target = input shifted by one", fontsize=10)
 
 
 def draw_head_layout(B: int = 1, T: int = 3, H: int = 2, d_h: int = 3):
@@ -134,130 +260,6 @@ def draw_head_layout(B: int = 1, T: int = 3, H: int = 2, d_h: int = 3):
     return fig
 
 
-def _block_box(ax, x, y, w, h, text, color, fontsize=9, weight="normal"):
-    """A rounded box centred at (x, y) with ``text`` in it (Lecture 03)."""
-    from matplotlib.patches import FancyBboxPatch
-
-    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
-                                facecolor=color, edgecolor="0.3", lw=1))
-    ax.text(x, y, text, ha="center", va="center", fontsize=fontsize, weight=weight)
-
-
-def _block_arrow(ax, start, end, color="0.25", style="-|>", **kwargs):
-    ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle=style, color=color, lw=1.2, **kwargs))
-
-
-def draw_gpt_block():
-    """A GPT's data flow (left) and one pre-norm transformer block (right), with shapes (Lecture 03).
-
-    ids (B, T) -> token + position embedding -> dropout -> L blocks -> final LayerNorm -> output
-    head -> logits (B, T, V); each block is x + Dropout(Attn(LN1(x))), then + Dropout(FFN(LN2(x))).
-    """
-    fig, ax = plt.subplots(figsize=(9.5, 6.6))
-    ax.set_xlim(0, 10)
-    ax.set_ylim(0, 10.4)
-    ax.axis("off")
-    emb, norm, core, drop, io = "#dbe9f6", "#fde2c8", "#d5ecd4", "#eeeeee", "white"
-
-    # left: the whole model, bottom to top
-    x, w, h = 2.0, 3.2, 0.62
-    model = [(0.75, "token ids", io, "(B, T)"),
-             (1.75, "token embedding + position embedding", emb, "(B, T, d)"),
-             (2.85, "dropout", drop, "(B, T, d)"),
-             (5.15, "transformer block  x L", core, "(B, T, d)"),
-             (7.45, "final LayerNorm", norm, "(B, T, d)"),
-             (8.55, "output head  (d -> V)", emb, "(B, T, V)"),
-             (9.65, "logits", io, "")]
-    for i, (y, text, color, shape) in enumerate(model):
-        height = 2.2 if "block" in text else h
-        _block_box(ax, x, y, w, height, text, color, weight="bold" if "block" in text else "normal")
-        if i:
-            prev_y, prev_h = model[i - 1][0], 2.2 if "block" in model[i - 1][1] else h
-            _block_arrow(ax, (x, prev_y + prev_h / 2), (x, y - height / 2))
-            if model[i - 1][3]:
-                ax.text(x + 0.1, (prev_y + prev_h / 2 + y - height / 2) / 2, model[i - 1][3],
-                        fontsize=8, color="0.35", va="center")
-    ax.text(x, 10.25, "the whole model", ha="center", fontsize=10, weight="bold")
-
-    # right: one block, bottom to top, with its two residual connections
-    bx, bw = 6.8, 2.6
-    steps = [(0.6, "x  (block input)", io), (1.6, "LayerNorm 1", norm), (2.6, "causal multi-head attention", core),
-             (3.6, "dropout", drop), (4.55, "+", io), (5.5, "LayerNorm 2", norm),
-             (6.5, "feed-forward  d -> 4d -> d", core), (7.5, "dropout", drop), (8.45, "+", io),
-             (9.4, "block output", io)]
-    for i, (y, text, color) in enumerate(steps):
-        if text == "+":
-            from matplotlib.patches import Circle
-            ax.add_patch(Circle((bx, y), 0.22, facecolor="white", edgecolor="0.3", lw=1.2))
-            ax.text(bx, y, "+", ha="center", va="center", fontsize=13, weight="bold")
-            bottom, top = y - 0.22, y + 0.22
-        else:
-            _block_box(ax, bx, y, bw, 0.55, text, color)
-            bottom, top = y - 0.275, y + 0.275
-        if i:
-            _block_arrow(ax, (bx, prev_top), (bx, bottom))
-        prev_top = top
-    right = bx + bw / 2 + 0.35
-    for branch, plus in ((1.03, 4.55), (4.92, 8.45)):  # residual (shortcut) connections
-        ax.plot([bx], [branch], "o", color="#c0392b", ms=4)
-        ax.plot([bx, right, right], [branch, branch, plus], color="#c0392b", lw=1.4)
-        _block_arrow(ax, (right, plus), (bx + 0.22, plus), color="#c0392b")
-        ax.text(right + 0.08, (branch + plus) / 2, "residual", color="#c0392b", fontsize=8, rotation=90, va="center")
-    ax.text(bx, 10.25, "one block (pre-norm, as GPT-2)", ha="center", fontsize=10, weight="bold")
-    ax.text(bx - bw / 2 - 0.1, 0.6, "(B, T, d)", ha="right", va="center", fontsize=8, color="0.35")
-    ax.text(bx - bw / 2 - 0.1, 9.4, "(B, T, d)", ha="right", va="center", fontsize=8, color="0.35")
-    ax.text(0.35, 0.0, "B batch, T tokens, d width, V vocabulary, L blocks", fontsize=8, color="0.35", va="center")
-
-    # dashed lines: the right-hand side is what one "block" box on the left contains
-    for y_left, y_right in ((5.15 - 1.1, 0.3), (5.15 + 1.1, 9.7)):
-        ax.plot([x + w / 2, bx - bw / 2 - 0.05], [y_left, y_right], ls=":", color="0.55", lw=1)
-    fig.tight_layout()
-    return fig
-
-
-def draw_sliding_windows(ids, context_length, stride, labels=None, max_windows=4):
-    """Input/target windows over a row of token ids: targets are the inputs shifted by one (Lecture 03).
-
-    Window ``i`` starts at ``i * stride`` (as :class:`utils.data.WindowDataset`); its inputs
-    are ``context_length`` ids and its targets the ``context_length`` ids that follow each one.
-    ``labels`` (one string per id, e.g. the decoded tokens) are written under the ids.
-    """
-    from matplotlib.patches import Rectangle
-
-    ids = [int(i) for i in ids]
-    n = len(ids)
-    n_windows = max(0, (n - context_length - 1) // stride + 1)
-    shown = min(n_windows, max_windows)
-    rows = 1 + 2 * shown
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * n + 1.6), 0.55 * rows + 1.1))
-    ax.set_xlim(-1.9, n + 0.1)
-    bottom = -1.15 - 1.3 * (shown - 1) - (0.15 if labels else 0.0) - 0.62 - 0.4
-    ax.set_ylim(min(bottom, -0.8), 0.9)
-    ax.axis("off")
-
-    def cell(col, y, text, color, edge="0.4"):
-        ax.add_patch(Rectangle((col + 0.04, y - 0.3), 0.92, 0.6, facecolor=color, edgecolor=edge, lw=1))
-        ax.text(col + 0.5, y, str(text), ha="center", va="center", fontsize=8)
-
-    for col, i in enumerate(ids):  # the token row, with positions above
-        cell(col, 0.0, i, "white")
-        ax.text(col + 0.5, 0.45, str(col), ha="center", va="bottom", fontsize=7, color="0.45")
-        if labels:
-            ax.text(col + 0.5, -0.42, labels[col], ha="center", va="top", fontsize=7, color="0.3")
-    ax.text(-0.1, 0.0, "token ids", ha="right", va="center", fontsize=9, weight="bold")
-    ax.text(-0.1, 0.5, "position", ha="right", va="bottom", fontsize=7, color="0.45")
-    for w in range(shown):
-        start = w * stride
-        y_in = -1.15 - 1.3 * w + (0.0 if not labels else -0.15)
-        y_out = y_in - 0.62
-        for t in range(context_length):
-            cell(start + t, y_in, ids[start + t], "#dbe9f6")
-            cell(start + 1 + t, y_out, ids[start + 1 + t], "#fde2c8")
-        ax.text(-0.1, y_in, f"window {w}: input", ha="right", va="center", fontsize=8, color="#1f5f99")
-        ax.text(-0.1, y_out, "target", ha="right", va="center", fontsize=8, color="#b35900")
-    more = f" (first {shown} of {n_windows})" if n_windows > shown else ""
-    ax.set_title(f"context length {context_length}, stride {stride}: {n_windows} windows{more}; "
-                 "target = input shifted by one", fontsize=10)
 def draw_gqa_groups(n_heads: int = 4, n_groups: int = 2):
     """Query heads and the K/V heads they read, for MHA, GQA and MQA side by side (Lecture 11).
 
