@@ -1,0 +1,3 @@
+"""Lecture 26: (to be written)."""
+
+__all__: list[str] = []
