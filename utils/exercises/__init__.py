@@ -135,6 +135,23 @@ def module_case(label: str, reference: nn.Module, init_args: tuple, inputs: tupl
     return Case(label, (call,), expected)
 
 
+def module_cases(reference_cls: Callable[..., nn.Module], specs: list[tuple], example: torch.Tensor,
+                 seed: int) -> list[Case]:
+    """Cases for a module exercise from ``(label, init_args, init_kwargs, input_shape, train)`` specs.
+
+    Case ``i`` builds ``reference_cls(*init_args, **init_kwargs)`` with weights drawn under seed
+    ``seed + i``, feeds it ``example`` (when ``input_shape`` is None) or :func:`randn` of that shape
+    (seed ``seed + 10 + i``), and replays dropout from seed ``seed + 20 + i``.
+    """
+    cases = []
+    for i, (label, init_args, init_kwargs, shape, train) in enumerate(specs):
+        reference = seeded(reference_cls, *init_args, seed=seed + i, **init_kwargs)
+        x = example if shape is None else randn(*shape, seed=seed + 10 + i)
+        cases.append(module_case(label, reference, init_args, (x,), init_kwargs=init_kwargs, train=train,
+                                 seed=seed + 20 + i))
+    return cases
+
+
 def run_module(cls: Callable[..., nn.Module], args: tuple) -> Any:
     """Build the learner's module, copy the reference weights into it, run it (the ``call`` of module exercises)."""
     (spec,) = args

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from utils.attention import MultiHeadAttention
-from utils.exercises import Case, exercise, module_case, randn, run_module
+from utils.exercises import Case, exercise, module_case, module_cases, randn, run_module
 
 
 
@@ -59,14 +59,7 @@ _FORWARD = [  # (label, (d_in, d_out, context_length, n_heads), kwargs, input sh
 
 @exercise("08.2", "MultiHeadAttention.forward with split and merge", call=run_module)
 def _cases_forward():
-    cases = []
-    for i, (label, init_args, kwargs, shape, train) in enumerate(_FORWARD):
-        with torch.random.fork_rng(devices=[]):  # the reference's weights: drawn without touching the caller's state
-            torch.manual_seed(810 + i)
-            reference = MultiHeadAttention(*init_args, **kwargs)
-        x = LECTURE_X if shape is None else randn(*shape, seed=820 + i)
-        cases.append(module_case(label, reference, init_args, (x,), init_kwargs=kwargs, train=train, seed=830 + i))
-    return cases
+    return module_cases(MultiHeadAttention, _FORWARD, LECTURE_X, seed=810)
 
 
 # --- 08.3: count the parameters --------------------------------------------------------------------

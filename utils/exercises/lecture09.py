@@ -15,12 +15,10 @@ import math
 import torch
 
 from utils.attention import MultiHeadAttention, causal_mask, scaled_dot_product_attention
-from utils.exercises import Case, exercise, module_case, run_module
+from utils.exercises import Case, exercise, module_case, randn, run_module
 from utils.kv_cache import AttentionShape, kv_cache_bytes
 
 
-def _randn(*shape: int, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def lecture_example() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -53,10 +51,10 @@ def _cases_cached_step():
         ("large inputs (scores far apart), d_in 6, d_k 8, d_v 2, 3 cached tokens", 4, 6, 8, 2, 4.0),
     ]
     for i, (label, T, d_in, d_k, d_v, scale) in enumerate(settings):
-        x = scale * _randn(T, d_in, seed=900 + i)
-        cases.append(_step_case(label, x, _randn(d_in, d_k, seed=910 + i) / math.sqrt(d_in),
-                                _randn(d_in, d_k, seed=920 + i) / math.sqrt(d_in),
-                                _randn(d_in, d_v, seed=930 + i) / math.sqrt(d_in)))
+        x = scale * randn(T, d_in, seed=900 + i)
+        cases.append(_step_case(label, x, randn(d_in, d_k, seed=910 + i) / math.sqrt(d_in),
+                                randn(d_in, d_k, seed=920 + i) / math.sqrt(d_in),
+                                randn(d_in, d_v, seed=930 + i) / math.sqrt(d_in)))
     return cases
 
 
@@ -120,7 +118,7 @@ def _cases_cached_mha():
         with torch.random.fork_rng(devices=[]):  # the reference's weights, without touching the caller's state
             torch.manual_seed(940 + i)
             reference = _stepping(_ReferenceCachedMHA, chunks)(*init_args, **kwargs)
-        x = (4.0 if "large" in label else 1.0) * _randn(batch, sum(chunks), init_args[0], seed=950 + i)
+        x = (4.0 if "large" in label else 1.0) * randn(batch, sum(chunks), init_args[0], seed=950 + i)
         case = module_case(label, reference, init_args, (x,), init_kwargs=kwargs)
         cases.append(Case(case.label, (case.args[0], chunks), case.expected))
     return cases

@@ -13,17 +13,15 @@ from __future__ import annotations
 import torch
 
 from utils.attention import MultiQueryAttention
-from utils.exercises import Case, exercise, module_case, run_module
+from utils.exercises import Case, exercise, module_case, module_cases, randn, run_module
 from utils.kv_cache import AttentionShape, kv_cache_bytes
 
 
-def _randn(*shape: int, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def lecture_example() -> torch.Tensor:
     """The notebook's small example: 9 tokens ("The quick brown fox jumps over the lazy dog") of width 8, seed 1000."""
-    return _randn(1, 9, 8, seed=1000)
+    return randn(1, 9, 8, seed=1000)
 
 
 # --- 10.1: the learner writes MultiQueryAttention.forward ---------------------------------------------
@@ -40,14 +38,7 @@ _FORWARD = [  # (label, (d_in, d_out, context_length, n_heads), kwargs, input sh
 
 @exercise("10.1", "MultiQueryAttention.forward: one K/V head shared by all query heads", call=run_module)
 def _cases_forward():
-    cases = []
-    for i, (label, init_args, kwargs, shape, train) in enumerate(_FORWARD):
-        with torch.random.fork_rng(devices=[]):  # the reference's weights, without touching the caller's state
-            torch.manual_seed(1010 + i)
-            reference = MultiQueryAttention(*init_args, **kwargs)
-        x = lecture_example() if shape is None else _randn(*shape, seed=1020 + i)
-        cases.append(module_case(label, reference, init_args, (x,), init_kwargs=kwargs, train=train, seed=1030 + i))
-    return cases
+    return module_cases(MultiQueryAttention, _FORWARD, lecture_example(), seed=1010)
 
 
 # --- 10.2: cache bytes with MHA and with MQA ---------------------------------------------------------

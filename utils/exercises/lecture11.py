@@ -12,17 +12,15 @@ from __future__ import annotations
 import torch
 
 from utils.attention import GroupedQueryAttention
-from utils.exercises import Case, exercise, module_case, run_module
+from utils.exercises import Case, exercise, module_case, module_cases, randn, run_module
 from utils.kv_cache import AttentionShape, kv_cache_bytes
 
 
-def _randn(*shape: int, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def lecture_example() -> torch.Tensor:
     """The lecture's input for 4 heads in 2 groups: 5 tokens of width 8, X (1, 5, 8), seed 1100."""
-    return _randn(1, 5, 8, seed=1100)
+    return randn(1, 5, 8, seed=1100)
 
 
 # --- 11.1: share each K/V head with its group ---------------------------------------------------------
@@ -47,7 +45,7 @@ def _reference_repeat(kv: torch.Tensor, group_size: int) -> torch.Tensor:
 def _cases_repeat_kv():
     cases = []
     for i, (label, shape, group_size) in enumerate(_REPEAT):
-        kv = _randn(*shape, seed=1110 + i)
+        kv = randn(*shape, seed=1110 + i)
         cases.append(Case(label, (kv, group_size), _reference_repeat(kv, group_size)))
     return cases
 
@@ -68,14 +66,7 @@ _FORWARD = [  # (label, (d_in, d_out, context_length, n_heads, n_kv_groups), kwa
 
 @exercise("11.2", "GroupedQueryAttention.forward: query heads share K/V heads in groups", call=run_module)
 def _cases_forward():
-    cases = []
-    for i, (label, init_args, kwargs, shape, train) in enumerate(_FORWARD):
-        with torch.random.fork_rng(devices=[]):  # the reference's weights, without touching the caller's state
-            torch.manual_seed(1120 + i)
-            reference = GroupedQueryAttention(*init_args, **kwargs)
-        x = lecture_example() if shape is None else _randn(*shape, seed=1130 + i)
-        cases.append(module_case(label, reference, init_args, (x,), init_kwargs=kwargs, train=train, seed=1140 + i))
-    return cases
+    return module_cases(GroupedQueryAttention, _FORWARD, lecture_example(), seed=1120)
 
 
 # --- 11.3: how many groups fit a memory budget ------------------------------------------------------------
