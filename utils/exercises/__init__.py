@@ -57,20 +57,25 @@ class Exercise:
     cases: Callable[[], list[Case]]
     atol: float = 1e-5
     call: Callable[[Callable, tuple], Any] = field(default=_call)
+    replayable: bool = True  # False when an expected value cannot be handed back as an answer (a class is asked)
 
 
 _REGISTRY: dict[str, Exercise] = {}
 
 
-def exercise(key: str, title: str, atol: float = 1e-5, call: Callable[[Callable, tuple], Any] = _call):
+def exercise(key: str, title: str, atol: float = 1e-5, call: Callable[[Callable, tuple], Any] = _call,
+             replayable: bool | None = None):
     """Decorator: register a cases function as exercise ``key`` (e.g. ``"05.1"``).
 
     ``call(fn, args)`` runs the learner's answer on one case (default ``fn(*args)``);
-    exercises built with :func:`module_case` pass ``call=run_module``.
+    exercises built with :func:`module_case` pass ``call=run_module``. ``replayable=False``
+    says the expected values cannot be handed back as an answer (the default for ``run_module``);
+    such a checker's right and wrong answers are tested in its lecture's test file only.
     """
 
     def register(cases: Callable[[], list[Case]]):
-        _REGISTRY[key] = Exercise(key, title, cases, atol, call)
+        _REGISTRY[key] = Exercise(key, title, cases, atol, call,
+                                  replayable if replayable is not None else call is not run_module)
         return cases
 
     return register
