@@ -40,6 +40,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from utils.quantization.fp8 import AMAX_FLOOR, E4M3_MAX, to_fp8
+
 __all__ = [
     "DEEPSEEK_PROMOTION_INTERVAL",
     "round_mantissa",
@@ -55,8 +57,8 @@ __all__ = [
 ]
 
 DEEPSEEK_PROMOTION_INTERVAL = 128  # N_C in DeepSeek-V3 section 3.3.2: four WGMMA instructions of K = 32
-_E4M3_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448.0
-_MIN_AMAX = 1e-4  # the official act_quant clamps amax to at least this
+_E4M3_MAX = E4M3_MAX  # 448.0 (Lecture 27)
+_MIN_AMAX = AMAX_FLOOR  # the official act_quant clamps amax to at least 1e-4 (Lecture 27)
 _ROUNDINGS = {"nearest": torch.round, "toward_zero": torch.trunc}  # torch.round: ties to even
 
 
@@ -230,8 +232,7 @@ def quantize_e4m3_saturating(x: torch.Tensor, scale: float) -> torch.Tensor:
     cast returns (FP32 out, same shape)."""
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
-    q = (x.float() / scale).clamp(-_E4M3_MAX, _E4M3_MAX).to(torch.float8_e4m3fn)
-    return q.float() * scale
+    return to_fp8(x.float() / scale).float() * scale  # Lecture 27's saturating cast
 
 
 def scaling_trace(tensors: Iterable[torch.Tensor], mode: str, history_len: int = 16) -> dict[str, list]:
