@@ -293,8 +293,9 @@ def test_deepseek_v3_sized_mha_at_100k_tokens():
     assert kv_elements_per_token(mha) == 61 * 32_768
     assert kv_cache_bytes(mha, 1, dtype=torch.bfloat16) == 3_997_696  # about 4 MB per token (REFERENCE.md)
     assert kv_cache_bytes(mha, 100_000) == 399_769_600_000  # about 400 GB
-    with pytest.raises(ValueError, match="Lecture 13"):
-        kv_cache_bytes(get_config("DeepSeek-V3"), 100_000)  # MLA caches a latent instead
+    v3 = get_config("DeepSeek-V3")  # MLA caches the latent 512 + the RoPE key 64 (Lecture 13)
+    assert kv_elements_per_token(v3) == 61 * 576 and kv_elements_per_token(mha) == 61 * 576 * 32_768 // 576
+    assert kv_cache_bytes(v3, 100_000) == 61 * 576 * 100_000 * 2
 
 
 def test_formula_for_mha_gqa_mqa_and_v2_table9():

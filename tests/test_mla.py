@@ -108,3 +108,105 @@ def test_deepseek_cache_numbers():  # REFERENCE.md, KV cache section
 def test_bad_input_says_what_to_change(call, fragment):
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         call()
+
+
+# --- Lecture 13: the layer, its latent cache, GPTModel and generate ----------------------------------
+
+from utils.generation import generate  # noqa: E402
+from utils.gpt import GPTConfig, GPTModel  # noqa: E402
+from utils.kv_cache import (AttentionShape, KVCache, LatentCache, LatentShape, kv_cache_bytes,  # noqa: E402
+                            kv_elements_per_token)
+from utils.mla import MultiHeadLatentAttention, mla_attention  # noqa: E402
+
+
+def _pair(d_in=8, d_out=8, ctx=16, H=2, d_c=4, seed=0):
+    torch.manual_seed(seed)
+    naive = MultiHeadLatentAttention(d_in, d_out, ctx, H, d_c).double()
+    absorbed = MultiHeadLatentAttention(d_in, d_out, ctx, H, d_c, absorb=True).double()
+    absorbed.load_state_dict(naive.state_dict())
+    return naive, absorbed
+
+
+@pytest.mark.parametrize("sizes", [(8, 8, 16, 2, 4), (6, 12, 10, 3, 5), (10, 8, 9, 4, 16), (5, 4, 7, 1, 2)])
+def test_absorbed_equals_naive(sizes):
+    naive, absorbed = _pair(*sizes)
+    x = _rand(3, sizes[2] - 2, sizes[0], seed=5)
+    out_n, w_n = naive(x, return_weights=True)
+    out_a, w_a = absorbed(x, return_weights=True)
+    torch.testing.assert_close(out_a, out_n, atol=1e-5, rtol=0)
+    torch.testing.assert_close(w_a, w_n, atol=1e-5, rtol=0)
+    assert tuple(out_n.shape) == (3, sizes[2] - 2, sizes[1]) and tuple(w_n.shape) == (3, sizes[3], sizes[2] - 2, sizes[2] - 2)
+
+
+def test_naive_path_is_torch_attention_on_expanded_keys():
+    naive, _ = _pair(6, 12, 10, 3, 5)
+    x = _rand(2, 7, 6, seed=6)
+    c = x @ naive.proj.W_dKV
+    q = (x @ naive.W_q.weight.T).view(2, 7, 3, 4).transpose(1, 2)
+    k, v = [(c @ W).view(2, 7, 3, 4).transpose(1, 2) for W in (naive.proj.W_uK, naive.proj.W_uV)]
+    ctx = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(2, 7, 12)
+    torch.testing.assert_close(naive(x), naive.out_proj(ctx))
+
+
+@pytest.mark.parametrize("absorb", [False, True])
+def test_cache_holds_only_the_latent_and_matches_no_cache(absorb):
+    naive, absorbed = _pair(seed=1)
+    layer = absorbed if absorb else naive
+    x = _rand(2, 9, 8, seed=7)
+    cache = layer.new_cache(2)
+    assert isinstance(cache, LatentCache) and tuple(cache.c.shape) == (2, 16, 4)
+    steps = [layer(x[:, :4], cache=cache)] + [layer(x[:, t:t + 1], cache=cache) for t in range(4, 9)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), naive(x), atol=1e-5, rtol=0)
+    assert cache.position == 9 and tuple(cache.latent.shape) == (2, 9, 4)
+    torch.testing.assert_close(cache.latent, x @ layer.proj.W_dKV)
+    assert cache.nbytes() == 2 * 16 * 4 * 8  # float64
+
+
+def test_gpt_with_mla_cached_generation_equals_uncached():
+    cfg = GPTConfig(vocab_size=40, context_length=12, d_model=16, n_heads=4, n_layers=2, dropout=0.0)
+    for absorb in (False, True):
+        torch.manual_seed(3)
+        model = GPTModel(cfg, attention=mla_attention(8, absorb=absorb)).eval()
+        idx = torch.randint(0, 40, (2, 3), generator=torch.Generator().manual_seed(4))
+        assert torch.equal(generate(model, idx, 15, use_cache=True), generate(model, idx, 15))  # past the context
+        cache = KVCache.for_model(model, batch_size=2)
+        seq = generate(model, idx, 8)
+        with torch.no_grad():
+            full = model(seq)
+            steps = [model(seq[:, :3], cache=cache)] + [model(seq[:, t:t + 1], cache=cache) for t in range(3, 11)]
+        torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
+        assert cache.nbytes() == 2 * 2 * 12 * 8 * 4  # layers * batch * capacity * d_c * fp32
+
+
+def test_cache_bytes_mla_vs_mha():
+    assert kv_elements_per_token(AttentionShape(1, 2, 4)) == 16 and kv_elements_per_token(LatentShape(1, 4)) == 4
+    assert kv_elements_per_token(AttentionShape(1, 8, 64)) == 1024 == 4 * kv_elements_per_token(LatentShape(1, 256))
+    assert kv_cache_bytes(LatentShape(1, 256), 100, dtype=torch.float32) == 256 * 100 * 4
+    assert kv_elements_per_token(LatentShape(1, 512, 64)) == 576 == mla_cache_elements(512, 64)
+    assert kv_elements_per_token(get_config("DeepSeek-V3")) == 61 * 576
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="divisible by n_heads"):
+        MultiHeadLatentAttention(8, 10, 16, 4, 4)
+    with pytest.raises(ValueError, match="d_latent must be a positive integer"):
+        MultiHeadLatentAttention(8, 8, 16, 2, 0)
+    with pytest.raises(ValueError, match="dropout"):
+        MultiHeadLatentAttention(8, 8, 16, 2, 4, dropout=1.0)
+    with pytest.raises(ValueError, match="mla_attention|d_latent"):
+        mla_attention(-1)
+    layer = MultiHeadLatentAttention(8, 8, 6, 2, 4)
+    with pytest.raises(ValueError, match="d_in=8"):
+        layer(torch.randn(1, 3, 7))
+    with pytest.raises(ValueError, match="batch axis"):
+        layer(torch.randn(3, 8))
+    cache = layer.new_cache(1)
+    layer(torch.randn(1, 5, 8), cache=cache)
+    with pytest.raises(ValueError, match="context_length"):
+        layer(torch.randn(1, 2, 8), cache=cache)
+    with pytest.raises(ValueError, match="batch_size"):
+        layer(torch.randn(2, 1, 8), cache=layer.new_cache(1))
+    with pytest.raises(ValueError, match="capacity"):
+        layer.new_cache(1, capacity=7)
+    with pytest.raises(ValueError, match="d_latent"):
+        LatentShape(2, 0)

@@ -13,9 +13,10 @@ new token instead of recomputing them.
   and V) * bytes per element (DeepSeek-V2 Table 1), for a :class:`utils.configs.ModelSpec`, a
   :class:`utils.gpt.GPTConfig` or a bare :class:`AttentionShape`.
 
-Multi-head latent attention (Lectures 12-13) caches a latent instead of K and V: it adds its own
-per-layer cache object (with the same ``position``/``reset``/``batch_size``/``capacity``) and
-its branch in :func:`kv_elements_per_token`.
+Multi-head latent attention (Lectures 12-13) caches a latent instead of K and V:
+:class:`LatentCache` is its per-layer cache (the same ``position``/``reset``/``batch_size``/
+``capacity``/``nbytes``), and :func:`kv_elements_per_token` counts d_c (+ d_h^R) per token and
+layer for an MLA :class:`utils.configs.ModelSpec` or a :class:`LatentShape` (576 for DeepSeek-V3).
 """
 
 from __future__ import annotations
@@ -107,6 +108,65 @@ class LayerKVCache:
         B, G, C, D = self.k.shape
         return (f"LayerKVCache(batch_size={B}, n_kv_heads={G}, capacity={C}, head_dim={D}, "
                 f"position={self.position}, dtype={self.k.dtype})")
+
+
+class LatentCache:
+    """One MLA layer's cache: the latent C_KV only, a (B, capacity, d_latent) buffer (Lecture 13).
+
+    What :class:`utils.mla.MultiHeadLatentAttention` appends to instead of K and V: one row of
+    d_latent numbers per token, shared by every head (each head expands it with its own W_uK,h,
+    W_uV,h, or the absorbed path scores against it directly). Same protocol as :class:`LayerKVCache`.
+    """
+
+    def __init__(self, batch_size: int, capacity: int, d_latent: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+        for name, value in (("batch_size", batch_size), ("capacity", capacity), ("d_latent", d_latent)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"LatentCache: {name} must be a positive integer, got {value!r}.")
+        self.c = torch.zeros(batch_size, capacity, d_latent, dtype=dtype, device=device)  # (B, capacity, d_c)
+        self.position = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.c.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.c.shape[1]
+
+    @property
+    def latent(self) -> torch.Tensor:
+        """The stored latents, (B, position, d_latent): a view, not a copy."""
+        return self.c[:, :self.position]
+
+    def reset(self) -> None:
+        """Forget the stored tokens (the buffer is kept)."""
+        self.position = 0
+
+    def append(self, c_new: torch.Tensor) -> torch.Tensor:
+        """Store ``c_new`` (B, T, d_latent) at ``position``, advance by T; return all stored (B, position, d_latent)."""
+        if c_new.dim() != 3 or c_new.shape[0] != self.batch_size or c_new.shape[2] != self.c.shape[2]:
+            raise ValueError(f"the cache holds latents (batch {self.batch_size}, tokens, d_latent {self.c.shape[2]}), "
+                             f"got shape {tuple(c_new.shape)}; build it for this layer and batch "
+                             "(KVCache.for_model(model, batch_size=...)).")
+        if self.position + c_new.shape[1] > self.capacity:
+            raise ValueError(f"the cache is full: it holds {self.position} of {self.capacity} tokens and cannot "
+                             f"take {c_new.shape[1]} more; build it with a larger capacity or call reset().")
+        if c_new.dtype != self.c.dtype or c_new.device != self.c.device:
+            raise ValueError(f"the cache stores {self.c.dtype} on {self.c.device}, got {c_new.dtype} on "
+                             f"{c_new.device}; build it with the model's dtype and device.")
+        end = self.position + c_new.shape[1]
+        self.c[:, self.position:end] = c_new
+        self.position = end
+        return self.latent
+
+    def nbytes(self) -> int:
+        """Bytes of the buffer (allocated at full capacity): B * capacity * d_latent * element size."""
+        return self.c.numel() * self.c.element_size()
+
+    def __repr__(self) -> str:
+        B, C, D = self.c.shape
+        return f"LatentCache(batch_size={B}, capacity={C}, d_latent={D}, position={self.position}, dtype={self.c.dtype})"
 
 
 def supports_cache(attention: nn.Module) -> bool:
@@ -230,20 +290,45 @@ class AttentionShape:
             return config
         if getattr(config, "mla", None) is not None:
             raise ValueError(f"{getattr(config, 'name', type(config).__name__)} uses multi-head latent attention, "
-                             "whose latent cache arrives in Lecture 13; for the MHA it replaces pass an "
-                             "AttentionShape (DeepSeek-V3 MHA: n_layers=61, n_heads=128, head_dim=128).")
+                             "which caches a latent, not K/V heads: kv_elements_per_token and kv_cache_bytes "
+                             "count it (Lecture 13); for the MHA it replaces pass an AttentionShape "
+                             "(DeepSeek-V3 MHA: n_layers=61, n_heads=128, head_dim=128).")
         kv = getattr(config, "n_kv_heads", None)
         if kv is None:
             kv = getattr(config, "n_kv_groups", None)
         return cls(config.n_layers, config.n_heads, config.d_model // config.n_heads, kv)
 
 
+@dataclass(frozen=True)
+class LatentShape:
+    """What the size of an MLA cache depends on (Lecture 13): layers, the latent width d_c and the
+    decoupled RoPE key width d_h^R (0 without RoPE; Lecture 17). Not the number of heads."""
+
+    n_layers: int
+    d_latent: int
+    rope_dim: int = 0
+
+    def __post_init__(self):
+        for name in ("n_layers", "d_latent"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"LatentShape.{name} must be a positive integer, got {getattr(self, name)!r}.")
+        if not isinstance(self.rope_dim, int) or self.rope_dim < 0:
+            raise ValueError(f"LatentShape.rope_dim must be a non-negative integer (0 without RoPE), "
+                             f"got {self.rope_dim!r}.")
+
+
 def kv_elements_per_token(config) -> int:
     """Numbers stored in the cache per token, over all layers (DeepSeek-V2 Table 1).
 
     MHA 2 * n_h * d_h * L; GQA 2 * n_g * d_h * L; MQA 2 * d_h * L (2: one key and one value).
-    Extension point: MLA (Lecture 13) stores (d_c + d_h^R) * L and adds its branch here.
+    MLA (Lecture 13; a :class:`LatentShape` or a ``ModelSpec`` with ``mla``): (d_c + d_h^R) * L,
+    the latent and the shared RoPE key, whatever the number of heads: DeepSeek-V3 576 * 61.
     """
+    if isinstance(config, LatentShape):
+        return (config.d_latent + config.rope_dim) * config.n_layers
+    mla = getattr(config, "mla", None)
+    if mla is not None:
+        return (mla.kv_lora_rank + mla.qk_rope_head_dim) * config.n_layers
     shape = AttentionShape.of(config)
     return 2 * shape.kv_heads * shape.head_dim * shape.n_layers
 
@@ -252,8 +337,9 @@ def kv_cache_bytes(config, seq_len: int, batch: int = 1, dtype: torch.dtype | in
     """Bytes of K/V cache for ``batch`` sequences of ``seq_len`` tokens (Lectures 09-11).
 
     layers * batch * seq_len * n_kv_heads * d_h * 2 (K and V) * bytes per element, where
-    n_kv_heads is n_heads (MHA), 1 (MQA) or the number of groups (GQA). ``config`` is a
-    ``utils.configs.ModelSpec``, a ``utils.gpt.GPTConfig`` or an :class:`AttentionShape`; ``dtype``
+    n_kv_heads is n_heads (MHA), 1 (MQA) or the number of groups (GQA); for MLA layers * batch *
+    seq_len * (d_c + d_h^R) * bytes (Lecture 13). ``config`` is a ``utils.configs.ModelSpec``, a
+    ``utils.gpt.GPTConfig``, an :class:`AttentionShape` or a :class:`LatentShape`; ``dtype``
     a torch dtype (fp16/bf16: 2 bytes) or a number of bytes per element (1 for FP8).
     Examples: the lecture's 30B model (48 layers, 56 x 128 = 7168 wide, 1024 tokens, batch 128,
     fp16) needs 180.4e9 bytes; Llama-3-8B 131,072 bytes per token.

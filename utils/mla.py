@@ -17,8 +17,12 @@ per-head projection (as lecture 08's ``view(B, T, H, d_h)`` cuts them), and the 
 - :func:`mla_cache_elements`, :func:`mha_cache_elements`, :func:`equivalent_gqa_groups`: the
   cache per token of DeepSeek-V2 Table 1 (V3: 512 + 64 = 576 per layer vs 2 * 128 * 128 = 32,768).
 
-Lecture 13 builds ``MultiHeadLatentAttention`` (naive and absorbed paths, a latent cache) on
-these pieces; Lecture 17 adds DeepSeek's decoupled RoPE key.
+- :class:`MultiHeadLatentAttention` (Lecture 13): the causal layer built on these pieces, with a
+  naive path (expand K and V per head) and an absorbed path (per-head folded query against the
+  latent, W_uV after attention), a cache of the latent only (:class:`utils.kv_cache.LatentCache`),
+  usable as the attention of ``GPTModel`` and with ``generate(..., use_cache=True)``.
+
+Lecture 17 adds DeepSeek's decoupled RoPE key.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ import math
 
 import torch
 from torch import nn
+
+from utils.attention import _check_causal, _check_length, _check_width, causal_mask
+from utils.kv_cache import LatentCache
 
 
 def _positive_int(name: str, value) -> None:
@@ -155,3 +162,113 @@ def equivalent_gqa_groups(d_latent: int, rope_dim: int, head_dim: int) -> float:
     """
     _positive_int("head_dim", head_dim)
     return mla_cache_elements(d_latent, rope_dim) / (2 * head_dim)
+
+
+# --- the layer (Lecture 13) -----------------------------------------------------------------------
+
+class MultiHeadLatentAttention(nn.Module):
+    """Causal multi-head latent attention without RoPE (Lecture 13; DeepSeek-V2 section 2.1).
+
+    ``W_q`` (nn.Linear d_in -> d_out, no bias) gives the queries; ``proj``
+    (:class:`LatentProjections`) holds ``W_dKV`` (d_in, d_latent), ``W_uK`` and ``W_uV``
+    (d_latent, d_out); ``out_proj`` is W_o. Heads have width ``d_out // n_heads``.
+
+    - naive path (``absorb=False``): K_h = C W_uK,h and V_h = C W_uV,h for every cached token,
+      then ordinary attention (:meth:`forward_naive`).
+    - absorbed path (``absorb=True``): each head's query is folded into latent space,
+      q_h W_uK,h^T, and scored against C itself; the weights average C, and W_uV,h is applied
+      after attention (:meth:`forward_absorbed`). Same numbers, no K or V ever formed.
+
+    With ``cache`` (a :class:`utils.kv_cache.LatentCache` from :meth:`new_cache`), ``x`` holds
+    only the new tokens; their latents (B, T, d_latent) are appended, and that is all the cache holds.
+    """
+
+    def __init__(self, d_in: int, d_out: int, context_length: int, n_heads: int, d_latent: int,
+                 dropout: float = 0.0, absorb: bool = False):
+        super().__init__()
+        for name, value in (("d_in", d_in), ("d_out", d_out), ("n_heads", n_heads), ("d_latent", d_latent)):
+            _positive_int(name, value)
+        if d_out % n_heads:
+            raise ValueError(f"d_out={d_out} must be divisible by n_heads={n_heads}; choose n_heads among "
+                             f"{[h for h in range(1, d_out + 1) if d_out % h == 0]}.")
+        _check_causal(context_length, dropout)
+        self.d_in, self.d_out, self.n_heads, self.d_latent = d_in, d_out, n_heads, d_latent
+        self.head_dim = d_out // n_heads
+        self.context_length, self.absorb = context_length, absorb
+        self.W_q = nn.Linear(d_in, d_out, bias=False)
+        self.proj = LatentProjections(d_in, d_latent, n_heads, self.head_dim)
+        self.out_proj = nn.Linear(d_out, d_out)
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("mask", causal_mask(context_length), persistent=False)
+
+    def new_cache(self, batch_size: int, capacity: int | None = None, dtype: torch.dtype | None = None,
+                  device=None) -> LatentCache:
+        """An empty latent cache (B, capacity, d_latent) for this layer (Lecture 13)."""
+        capacity = self.context_length if capacity is None else capacity
+        if capacity > self.context_length:
+            raise ValueError(f"capacity {capacity} exceeds context_length={self.context_length}; "
+                             f"use capacity <= {self.context_length}.")
+        weight = self.proj.W_dKV
+        return LatentCache(batch_size, capacity, self.d_latent, dtype=dtype or weight.dtype,
+                           device=device if device is not None else weight.device)
+
+    def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, T, d_h) -> (B, T, d_out)."""
+        return x.transpose(1, 2).flatten(2)
+
+    def forward_naive(self, x: torch.Tensor, cache: LatentCache | None = None):
+        """Expand K, V from the latent per head; returns (out (B, T, d_out), weights (B, H, T, T_k))."""
+        T, start = x.shape[1], 0 if cache is None else cache.position
+        c_kv = self.proj.latent(x)                                    # (B, T, d_c)
+        if cache is not None:
+            c_kv = cache.append(c_kv)                                 # (B, T_k, d_c), T_k = start + T
+        q = self.W_q(x).unflatten(-1, (self.n_heads, -1)).transpose(1, 2)  # (B, H, T, d_h)
+        k, v = self.proj.keys(c_kv), self.proj.values(c_kv)           # (B, H, T_k, d_h) each
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)   # (B, H, T, T_k)
+        scores = scores.masked_fill(self.mask[start:start + T, :start + T], float("-inf"))
+        weights = self.dropout(torch.softmax(scores, dim=-1))
+        return self.out_proj(self.merge_heads(weights @ v)), weights
+
+    def forward_absorbed(self, x: torch.Tensor, cache: LatentCache | None = None):
+        """Attend in latent space, head by head; returns (out (B, T, d_out), weights (B, H, T, T_k))."""
+        T, start = x.shape[1], 0 if cache is None else cache.position
+        c_kv = self.proj.latent(x)                                    # (B, T, d_c)
+        if cache is not None:
+            c_kv = cache.append(c_kv)                                 # (B, T_k, d_c)
+        W_qk = absorbed_query_weights(self.W_q.weight.T, self.proj.W_uK, self.n_heads)  # (H, d_in, d_c)
+        q_latent = x.unsqueeze(1) @ W_qk                              # (B, H, T, d_c): one query per head
+        c = c_kv.unsqueeze(1)                                         # (B, 1, T_k, d_c): shared by the heads
+        scores = q_latent @ c.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, T_k), d_h not d_c
+        scores = scores.masked_fill(self.mask[start:start + T, :start + T], float("-inf"))
+        weights = self.dropout(torch.softmax(scores, dim=-1))
+        context = (weights @ c) @ per_head(self.proj.W_uV, self.n_heads)  # (B, H, T, d_c) -> (B, H, T, d_h)
+        return self.out_proj(self.merge_heads(context)), weights
+
+    def forward(self, x: torch.Tensor, return_weights: bool = False, cache: LatentCache | None = None):
+        name = type(self).__name__
+        _check_width(x, self.d_in, name)
+        if x.dim() != 3:
+            raise ValueError(f"{name} expects (batch, tokens, d_in), got shape {tuple(x.shape)}; "
+                             "add a batch axis with x.unsqueeze(0).")
+        start = 0 if cache is None else cache.position
+        if start + x.shape[1] > self.context_length:
+            raise ValueError(f"{name}: {start} cached + {x.shape[1]} new tokens pass context_length="
+                             f"{self.context_length}; call cache.reset() and prefill the last tokens, or build "
+                             "the layer with a larger context_length.")
+        _check_length(x.shape[1], self.context_length, name)
+        out, weights = (self.forward_absorbed if self.absorb else self.forward_naive)(x, cache)
+        return (out, weights) if return_weights else out
+
+
+def mla_attention(d_latent: int, absorb: bool = False):
+    """An attention factory for ``GPTModel``: MLA with latent width ``d_latent`` (Lecture 13).
+
+    ``GPTModel(cfg, attention=mla_attention(32))`` gives every block a
+    :class:`MultiHeadLatentAttention` sized by ``cfg`` (d_model, context_length, n_heads, dropout).
+    """
+    _positive_int("d_latent", d_latent)
+
+    def factory(cfg) -> MultiHeadLatentAttention:
+        return MultiHeadLatentAttention(cfg.d_model, cfg.d_model, cfg.context_length, cfg.n_heads, d_latent,
+                                        cfg.dropout, absorb)
+    return factory

@@ -1,4 +1,4 @@
-"""Positional encodings: integer and binary (Lecture 14), sinusoidal (Lecture 15).
+"""Positional encodings: integer and binary (Lecture 14), sinusoidal (Lecture 15), rotary (Lecture 16).
 
 Every function returns one row per position ``p = 0 ... T - 1``:
 
@@ -9,6 +9,15 @@ Every function returns one row per position ``p = 0 ... T - 1``:
   ``PE(p, 2i) = sin(p / base^(2i/d))``, ``PE(p, 2i+1) = cos(p / base^(2i/d))`` (Lecture 15);
 - :func:`sinusoid_rotation` ``(d, d)``: the fixed block-diagonal rotation ``R_k`` with
   ``PE(p + k) = PE(p) @ R_k`` for every ``p`` (row vectors on the left; Lecture 15).
+
+Rotary position embeddings (RoPE, Su et al. 2021; Lecture 16) rotate queries and keys instead:
+
+- :func:`rope_cache` ``(T_max, d/2)`` twice: the precomputed ``cos(p theta_i)`` and ``sin(p theta_i)``,
+  ``theta_i = base^(-2i/d)`` (the frequencies of Lecture 15);
+- :func:`apply_rope` rotates pair ``i`` of ``x`` (..., T, d) at position ``p`` by the angle ``p theta_i``,
+  pairing either interleaved features ``(x_2i, x_2i+1)`` (the paper, DeepSeek's checkpoints) or split
+  halves ``(x_i, x_i+d/2)`` (Hugging Face's Llama and GPT-NeoX code);
+- :func:`rope_permutation` the fixed feature order that turns one pairing into the other.
 
 Sinusoids are computed in float64 and returned in ``dtype`` (float32 by default).
 """
@@ -111,3 +120,77 @@ def sinusoid_rotation(k: float, d: int, base: float = 10000.0, dtype: torch.dtyp
     c, s = angles.cos(), angles.sin()
     blocks = torch.stack([torch.stack([c, -s], dim=-1), torch.stack([s, c], dim=-1)], dim=-2)  # (d/2, 2, 2)
     return torch.block_diag(*blocks).to(dtype)                 # (d, d)
+
+
+# --- Lecture 16: rotary position embeddings (RoPE) ------------------------------------------------
+
+
+def rope_cache(T_max: int, d: int, base: float = 10000.0,
+               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tables ``cos(p theta_i)`` and ``sin(p theta_i)`` for ``p < T_max``: two ``(T_max, d/2)`` tensors (Lecture 16).
+
+    ``theta_i = base^(-2i/d)`` are :func:`sinusoid_frequencies` (Lecture 15); ``d`` is the width
+    that gets rotated (a head's query/key width, or DeepSeek's 64-dim RoPE part). Angles are built
+    in float64, so position 100,000 is as accurate as position 1.
+    """
+    T_max = _positive_int("T_max", T_max, " (the number of positions in the table)")
+    angles = torch.arange(T_max, dtype=torch.float64)[:, None] * sinusoid_frequencies(d, base)[None, :]  # (T_max, d/2)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rope_permutation(d: int) -> torch.Tensor:
+    """The feature order ``[0, 2, 4, ..., d-2, 1, 3, ..., d-1]``: interleaved pairs -> split halves (Lecture 16).
+
+    ``apply_rope(x, ..., interleaved=True)[..., perm] == apply_rope(x[..., perm], ..., interleaved=False)``,
+    so permuting the output columns of ``W_q`` and ``W_k`` by ``perm`` turns a model trained with one
+    pairing into the same model with the other (the scores ``q . k`` are unchanged).
+    """
+    d = _even_width(d)
+    return torch.cat([torch.arange(0, d, 2), torch.arange(1, d, 2)])   # (d,)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions=None, offset: int = 0,
+               interleaved: bool = True) -> torch.Tensor:
+    """Rotate each pair of features of ``x`` (..., T, d) by ``p * theta_i`` at its position ``p`` (Lecture 16).
+
+    ``cos, sin``: the ``(T_max, d/2)`` tables of :func:`rope_cache`. Positions are ``positions``
+    (int tensor of shape ``(T,)`` or broadcastable to ``x``'s leading dims + ``(T,)``) or, without it,
+    ``offset, offset + 1, ..., offset + T - 1`` (``offset`` = the number of cached tokens when decoding).
+    Pair ``i`` is ``(x_2i, x_2i+1)`` with ``interleaved=True`` (RoFormer, DeepSeek) and
+    ``(x_i, x_i+d/2)`` with ``interleaved=False`` (Llama/GPT-NeoX in Hugging Face); each pair ``(a, b)``
+    becomes ``(a cos - b sin, a sin + b cos)``, a counter-clockwise turn. Returns ``x``'s shape and dtype.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        raise ValueError("x must be a tensor of shape (..., T, d), for example (batch, heads, T, head_dim).")
+    T, d = x.shape[-2], x.shape[-1]
+    if d % 2 or d == 0:
+        raise ValueError(f"the rotated width d = {d} must be even and positive (features are rotated in pairs): "
+                         f"use an even head (or RoPE) width.")
+    if cos.dim() != 2 or cos.shape != sin.shape or cos.shape[-1] != d // 2:
+        raise ValueError(f"cos and sin must be (T_max, d/2) = (T_max, {d // 2}) tables for x of width {d}, "
+                         f"got {tuple(cos.shape)} and {tuple(sin.shape)}: build them with rope_cache(T_max, {d}).")
+    T_max = cos.shape[0]
+    if positions is None:
+        if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or offset < 0:
+            raise ValueError(f"offset must be a non-negative int (the number of tokens before x), got {offset!r}.")
+        if offset + T > T_max:
+            raise ValueError(f"positions {offset} ... {offset + T - 1} go beyond the table of {T_max} positions: "
+                             f"build it with rope_cache(T_max >= {offset + T}, {d}).")
+        c, s = cos[offset:offset + T], sin[offset:offset + T]          # (T, d/2)
+    else:
+        positions = torch.as_tensor(positions)
+        if positions.dtype.is_floating_point or positions.dtype == torch.bool or positions.dim() == 0 \
+                or positions.shape[-1] != T:
+            raise ValueError(f"positions must be an int tensor whose last dimension is T = {T}, "
+                             f"got {positions.dtype} of shape {tuple(positions.shape)}.")
+        if positions.numel() and (positions.min() < 0 or positions.max() >= T_max):
+            raise ValueError(f"positions must lie in 0 ... {T_max - 1} (the table has {T_max} positions), got "
+                             f"{int(positions.min())} ... {int(positions.max())}: build it with "
+                             f"rope_cache(T_max >= {int(positions.max()) + 1}, {d}).")
+        c, s = cos[positions], sin[positions]                          # (..., T, d/2)
+    c, s = c.to(x.dtype), s.to(x.dtype)
+    if interleaved:
+        a, b = x[..., 0::2], x[..., 1::2]                              # (..., T, d/2): x_2i, x_2i+1
+        return torch.stack([a * c - b * s, a * s + b * c], dim=-1).flatten(-2)   # (..., T, d)
+    a, b = x[..., : d // 2], x[..., d // 2:]                           # (..., T, d/2): x_i, x_i+d/2
+    return torch.cat([a * c - b * s, a * s + b * c], dim=-1)           # (..., T, d)
