@@ -22,7 +22,7 @@ per-head projection (as lecture 08's ``view(B, T, H, d_h)`` cuts them), and the 
   latent, W_uV after attention), a cache of the latent only (:class:`utils.kv_cache.LatentCache`),
   usable as the attention of ``GPTModel`` and with ``generate(..., use_cache=True)``.
 
-Lecture 17 adds DeepSeek's decoupled RoPE key.
+Lecture 17 adds DeepSeek's decoupled RoPE key in :mod:`utils.mla_rope`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A plain language-model training loop (Lecture 03; Lecture 22 extends it).
+"""A plain language-model training loop (Lecture 03; Lecture 22 extends it in ``utils.trainer``).
 
 Next-token cross-entropy, AdamW steps over a window loader that restarts each epoch, and a
 validation loss measured on a fixed number of batches.

@@ -1,0 +1,284 @@
+"""DeepSeek's multi-head latent attention with decoupled RoPE and query compression (Lecture 17).
+
+DeepSeek-V2 section 2.1.2-2.1.3 (and DeepSeek-V3, which keeps it), in the lecture's symbols:
+d (``d_model``), n_h (``n_heads``), d_c (``kv_lora_rank``), d_c' (``q_lora_rank``), d_h
+(``qk_nope_head_dim``), d_h^R (``qk_rope_head_dim``), d_v (``v_head_dim``); V3: 7168, 128, 512,
+1536, 128, 64, 128.
+
+RoPE rotates the key by its position *after* the up-projection ``W_UK``, so the folded matrix
+``W_Q,h R_(n-m) W_UK,h^T`` would depend on the pair of positions and cannot be precomputed
+(:func:`rope_matrix` shows it numerically). DeepSeek's fix, one head h, a token at position p::
+
+    c_Q  = RMSNorm(h W_DQ)                     (d_c')   query latent (or no compression: c_Q = h)
+    q_C  = c_Q W_UQ,h                          (d_h)    no position
+    q_R  = RoPE_p(c_Q W_QR,h)                  (d_h^R)  per head
+    c_KV = RMSNorm(h W_DKV)                    (d_c)    cached
+    k_R  = RoPE_p(h W_KR)                      (d_h^R)  ONE key for all heads, from h; cached
+    k_C  = c_KV W_UK,h,  v = c_KV W_UV,h
+    score = (q_C . k_C + q_R . k_R) / sqrt(d_h + d_h^R)     one softmax scale, one score
+
+Row convention as in :mod:`utils.mla` (``x @ W``); the weights live in ``nn.Linear`` modules named
+after the paper's matrices. :class:`DeepSeekMLA` has a naive path (expand k_C and v per head) and
+an absorbed path (``W_UK,h`` folded into the query, ``W_UV,h`` after attention); both cache
+``[c_KV ; k_R]`` per token, (d_c + d_h^R) numbers (576 for V3), in a :class:`utils.kv_cache.LatentCache`.
+:func:`state_dict_from_transformers` / :func:`state_dict_to_transformers` convert weights from and to
+``transformers``' ``DeepseekV3Attention`` (interleaved RoPE pairs, ``rope_interleave=True``).
+Not modelled: YaRN's extra softmax factor (``mscale``; V3's long-context extension) and dropout.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from utils.attention import causal_mask
+from utils.kv_cache import LatentCache
+from utils.mla import mla_cache_elements, per_head
+from utils.positional import apply_rope, rope_cache
+
+
+@dataclass(frozen=True)
+class DeepSeekMLAConfig:
+    """Sizes of one DeepSeek MLA layer (Lecture 17); :meth:`v3` gives DeepSeek-V3's."""
+
+    d_model: int = 64
+    n_heads: int = 4
+    kv_lora_rank: int = 32          # d_c
+    qk_nope_head_dim: int = 16      # d_h
+    qk_rope_head_dim: int = 8       # d_h^R
+    v_head_dim: int = 16            # d_v
+    q_lora_rank: int | None = None  # d_c' (None: no query compression, W_Q directly)
+    context_length: int = 128
+    rope_theta: float = 10000.0
+    eps: float = 1e-6               # RMSNorm epsilon of both latents
+    absorb: bool = False            # the absorbed path (decoding) instead of the naive one
+
+    def __post_init__(self):
+        for name in ("d_model", "n_heads", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
+                     "v_head_dim", "context_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"DeepSeekMLAConfig.{name} must be a positive integer, got {value!r}.")
+        if self.qk_rope_head_dim % 2:
+            raise ValueError(f"qk_rope_head_dim = {self.qk_rope_head_dim} must be even (RoPE rotates pairs): "
+                             f"use {self.qk_rope_head_dim + 1} or {max(2, self.qk_rope_head_dim - 1)}.")
+        q = self.q_lora_rank
+        if q is not None and (not isinstance(q, int) or isinstance(q, bool) or q <= 0):
+            raise ValueError(f"q_lora_rank must be a positive integer or None (no query compression), got {q!r}.")
+        if not isinstance(self.rope_theta, (int, float)) or not self.rope_theta > 1:
+            raise ValueError(f"rope_theta must be a number larger than 1 (DeepSeek uses 10000), got {self.rope_theta!r}.")
+
+    @classmethod
+    def v3(cls, **overrides) -> "DeepSeekMLAConfig":
+        """DeepSeek-V3's attention sizes (REFERENCE.md): 7168, 128 heads, 512, 1536, 128 + 64, 128."""
+        sizes = dict(d_model=7168, n_heads=128, kv_lora_rank=512, q_lora_rank=1536, qk_nope_head_dim=128,
+                     qk_rope_head_dim=64, v_head_dim=128, context_length=4096)
+        return cls(**{**sizes, **overrides})
+
+    @classmethod
+    def from_transformers(cls, hf_config, context_length: int | None = None, absorb: bool = False):
+        """The same sizes as a ``transformers`` ``DeepseekV3Config`` (default RoPE only, no YaRN)."""
+        rope = getattr(hf_config, "rope_parameters", None) or {  # transformers 5.x, else 4.x's attributes
+            "rope_theta": getattr(hf_config, "rope_theta", 10000.0),
+            "rope_type": (getattr(hf_config, "rope_scaling", None) or {}).get("rope_type", "default")}
+        if rope.get("rope_type", "default") != "default":
+            raise ValueError(f"only the default RoPE is modelled, got rope_type={rope.get('rope_type')!r}.")
+        if not getattr(hf_config, "rope_interleave", True):
+            raise ValueError("the converters assume rope_interleave=True (DeepSeek's checkpoints); "
+                             "set it on the transformers config.")
+        return cls(d_model=hf_config.hidden_size, n_heads=hf_config.num_attention_heads,
+                   kv_lora_rank=hf_config.kv_lora_rank, qk_nope_head_dim=hf_config.qk_nope_head_dim,
+                   qk_rope_head_dim=hf_config.qk_rope_head_dim, v_head_dim=hf_config.v_head_dim,
+                   q_lora_rank=hf_config.q_lora_rank,
+                   context_length=context_length or hf_config.max_position_embeddings,
+                   rope_theta=float(rope.get("rope_theta", 10000.0)), eps=hf_config.rms_norm_eps, absorb=absorb)
+
+    @property
+    def qk_head_dim(self) -> int:
+        """d_h + d_h^R: the width of one head's query and key, which sets the one softmax scale."""
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    def cache_elements_per_token(self) -> int:
+        """d_c + d_h^R per token and layer (576 for V3), whatever n_heads is."""
+        return mla_cache_elements(self.kv_lora_rank, self.qk_rope_head_dim)
+
+
+def rope_matrix(position: int, d: int, base: float = 10000.0) -> torch.Tensor:
+    """RoPE at ``position`` as a (d, d) matrix R_p acting on rows: ``x @ R_p == apply_rope(x, ..., positions=[p])``.
+
+    Interleaved pairs (Lecture 16). With RoPE on the keys, head h's score of query m against the
+    latent of token n is ``x_m W_Q,h R_m R_n^T W_UK,h^T c_n^T``: the middle depends on (m, n),
+    so no single folded matrix serves every pair (Lecture 17).
+    """
+    cos, sin = rope_cache(position + 1, d, base)
+    eye = torch.eye(d)                                                       # (d, d): row i is e_i
+    return apply_rope(eye, cos, sin, positions=torch.full((d,), position))  # row i: e_i rotated
+
+
+class DeepSeekMLA(nn.Module):
+    """DeepSeek-V2/V3 attention: MLA with decoupled RoPE and query compression (Lecture 17).
+
+    ``forward(x (B, T, d), return_weights=False, cache=None)``: causal, positions ``start ...
+    start + T - 1`` with ``start = cache.position`` (0 without a cache). ``cfg.absorb`` picks the
+    path; both append ``[c_KV ; k_R]`` (B, T, d_c + d_h^R) to the cache. Usable as the attention of
+    ``GPTModel`` (:func:`deepseek_mla_attention`) and with ``generate(..., use_cache=True)``.
+    """
+
+    def __init__(self, cfg: DeepSeekMLAConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, H, d_c = cfg.d_model, cfg.n_heads, cfg.kv_lora_rank
+        nope, rope, d_v = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        if cfg.q_lora_rank is None:                                  # no query compression: c_Q = h
+            self.W_DQ, self.q_norm, d_q = None, None, d
+        else:
+            self.W_DQ = nn.Linear(d, cfg.q_lora_rank, bias=False)    # d -> d_c'
+            self.q_norm = nn.RMSNorm(cfg.q_lora_rank, eps=cfg.eps)
+            d_q = cfg.q_lora_rank
+        self.W_UQ = nn.Linear(d_q, H * nope, bias=False)             # -> q_C, per head d_h
+        self.W_QR = nn.Linear(d_q, H * rope, bias=False)             # -> q_R, per head d_h^R
+        self.W_DKV = nn.Linear(d, d_c, bias=False)                   # d -> d_c (cached, after the norm)
+        self.kv_norm = nn.RMSNorm(d_c, eps=cfg.eps)
+        self.W_KR = nn.Linear(d, rope, bias=False)                   # d -> d_h^R: one key for all heads
+        self.W_UK = nn.Linear(d_c, H * nope, bias=False)             # c_KV -> k_C per head
+        self.W_UV = nn.Linear(d_c, H * d_v, bias=False)              # c_KV -> v per head
+        self.out_proj = nn.Linear(H * d_v, d, bias=False)            # W_O
+        self.scale = 1.0 / math.sqrt(cfg.qk_head_dim)                # ONE scale for q_C.k_C + q_R.k_R
+        cos, sin = rope_cache(cfg.context_length, rope, cfg.rope_theta)
+        self.register_buffer("cos", cos, persistent=False)            # (context_length, d_h^R / 2)
+        self.register_buffer("sin", sin, persistent=False)
+        self.register_buffer("mask", causal_mask(cfg.context_length), persistent=False)
+
+    def new_cache(self, batch_size: int, capacity: int | None = None, dtype: torch.dtype | None = None,
+                  device=None) -> LatentCache:
+        """An empty cache (B, capacity, d_c + d_h^R): the latent c_KV and the shared RoPE key k_R."""
+        capacity = self.cfg.context_length if capacity is None else capacity
+        if capacity > self.cfg.context_length:
+            raise ValueError(f"capacity {capacity} exceeds context_length={self.cfg.context_length}; "
+                             f"use capacity <= {self.cfg.context_length}.")
+        w = self.W_DKV.weight
+        return LatentCache(batch_size, capacity, self.cfg.cache_elements_per_token(), dtype=dtype or w.dtype,
+                           device=device if device is not None else w.device)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(-1, (self.cfg.n_heads, -1)).transpose(1, 2)  # (B, T, H d) -> (B, H, T, d)
+
+    def queries(self, x: torch.Tensor, start: int):
+        """q_C (B, H, T, d_h) and RoPE'd q_R (B, H, T, d_h^R) at positions start ... start + T - 1."""
+        c_q = x if self.W_DQ is None else self.q_norm(self.W_DQ(x))   # (B, T, d_c') or (B, T, d)
+        q_r = apply_rope(self._heads(self.W_QR(c_q)), self.cos, self.sin, offset=start)
+        return self._heads(self.W_UQ(c_q)), q_r
+
+    def latents(self, x: torch.Tensor, start: int, cache: LatentCache | None = None):
+        """c_KV (B, T_k, d_c) and the RoPE'd shared key k_R (B, T_k, d_h^R), appended to ``cache``."""
+        c_kv = self.kv_norm(self.W_DKV(x))                                   # (B, T, d_c)
+        k_r = apply_rope(self.W_KR(x), self.cos, self.sin, offset=start)     # (B, T, d_h^R)
+        both = torch.cat([c_kv, k_r], dim=-1)                                # (B, T, d_c + d_h^R)
+        if cache is not None:
+            both = cache.append(both)                                        # (B, T_k, d_c + d_h^R)
+        return both.split([self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim], dim=-1)
+
+    def _attend(self, scores: torch.Tensor, start: int) -> torch.Tensor:
+        T = scores.shape[-2]
+        scores = scores.masked_fill(self.mask[start:start + T, :start + T], float("-inf"))
+        return torch.softmax(scores, dim=-1)                                 # (B, H, T, T_k)
+
+    def forward_naive(self, x: torch.Tensor, cache: LatentCache | None = None):
+        """Expand k_C and v per head from c_KV; returns (out (B, T, d), weights (B, H, T, T_k))."""
+        start = 0 if cache is None else cache.position
+        q_c, q_r = self.queries(x, start)
+        c_kv, k_r = self.latents(x, start, cache)
+        k_c, v = self._heads(self.W_UK(c_kv)), self._heads(self.W_UV(c_kv))  # (B, H, T_k, d_h), (.., d_v)
+        scores = (q_c @ k_c.transpose(-2, -1) + q_r @ k_r.unsqueeze(1).transpose(-2, -1)) * self.scale
+        weights = self._attend(scores, start)
+        return self.out_proj((weights @ v).transpose(1, 2).flatten(2)), weights
+
+    def forward_absorbed(self, x: torch.Tensor, cache: LatentCache | None = None):
+        """Score against the cached c_KV and k_R directly, head by head; W_UV after attention."""
+        start = 0 if cache is None else cache.position
+        q_c, q_r = self.queries(x, start)
+        c_kv, k_r = self.latents(x, start, cache)
+        W_UK = per_head(self.W_UK.weight.T, self.cfg.n_heads)               # (H, d_c, d_h)
+        q_latent = q_c @ W_UK.transpose(1, 2)                               # (B, H, T, d_c): q_C,h W_UK,h^T
+        c, k = c_kv.unsqueeze(1), k_r.unsqueeze(1)                          # (B, 1, T_k, .): shared by heads
+        scores = (q_latent @ c.transpose(-2, -1) + q_r @ k.transpose(-2, -1)) * self.scale
+        weights = self._attend(scores, start)
+        context = (weights @ c) @ per_head(self.W_UV.weight.T, self.cfg.n_heads)  # (B, H, T, d_v)
+        return self.out_proj(context.transpose(1, 2).flatten(2)), weights
+
+    def forward(self, x: torch.Tensor, return_weights: bool = False, cache: LatentCache | None = None):
+        name, cfg = type(self).__name__, self.cfg
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != cfg.d_model:
+            raise ValueError(f"{name} expects (batch, tokens, d_model={cfg.d_model}), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}.")
+        start = 0 if cache is None else cache.position
+        if start + x.shape[1] > cfg.context_length:
+            raise ValueError(f"{name}: {start} cached + {x.shape[1]} new tokens pass context_length="
+                             f"{cfg.context_length} (the RoPE table); build the layer with a larger "
+                             "context_length, or call cache.reset() and prefill the last tokens.")
+        out, weights = (self.forward_absorbed if cfg.absorb else self.forward_naive)(x, cache)
+        return (out, weights) if return_weights else out
+
+
+def deepseek_mla_attention(kv_lora_rank: int, qk_rope_head_dim: int, q_lora_rank: int | None = None,
+                           v_head_dim: int | None = None, absorb: bool = False, rope_theta: float = 10000.0):
+    """A ``GPTModel`` attention factory: :class:`DeepSeekMLA` with d_h = d_model / n_heads (Lecture 17).
+
+    ``GPTModel`` still adds its learned position embeddings to the tokens: RoPE then gives the
+    rope part of every score its relative position on top (DeepSeek itself has no learned positions).
+    """
+    def factory(gpt_cfg) -> DeepSeekMLA:
+        if gpt_cfg.d_model % gpt_cfg.n_heads:
+            raise ValueError(f"d_model={gpt_cfg.d_model} must be a multiple of n_heads={gpt_cfg.n_heads}.")
+        d_h = gpt_cfg.d_model // gpt_cfg.n_heads
+        return DeepSeekMLA(DeepSeekMLAConfig(
+            d_model=gpt_cfg.d_model, n_heads=gpt_cfg.n_heads, kv_lora_rank=kv_lora_rank, qk_nope_head_dim=d_h,
+            qk_rope_head_dim=qk_rope_head_dim, v_head_dim=v_head_dim or d_h, q_lora_rank=q_lora_rank,
+            context_length=gpt_cfg.context_length, rope_theta=rope_theta, absorb=absorb))
+    return factory
+
+
+# --- transformers' DeepseekV3Attention layout -----------------------------------------------------
+
+def state_dict_from_transformers(hf: dict, cfg: DeepSeekMLAConfig) -> dict:
+    """Our state dict from ``DeepseekV3Attention.state_dict()`` (nn.Linear weights are (out, in)).
+
+    ``kv_a_proj_with_mqa`` rows = [W_DKV (d_c) ; W_KR (d_h^R)]; ``kv_b_proj`` rows, head by head,
+    [W_UK,h (d_h) ; W_UV,h (d_v)]; ``q_b_proj`` (or ``q_proj``) rows, head by head, [W_UQ,h ; W_QR,h].
+    Both sides pair RoPE features interleaved (``rope_interleave=True``), so no permutation is needed.
+    """
+    H, nope, rope, d_v, d_c = (cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim,
+                               cfg.kv_lora_rank)
+    compressed = cfg.q_lora_rank is not None
+    q_key = "q_b_proj.weight" if compressed else "q_proj.weight"
+    if q_key not in hf or hf["kv_b_proj.weight"].shape != (H * (nope + d_v), d_c):
+        raise ValueError(f"not a DeepseekV3Attention state dict for {cfg}: expected {q_key} and kv_b_proj.weight "
+                         f"of shape {(H * (nope + d_v), d_c)}; build the config with DeepSeekMLAConfig.from_transformers.")
+    q = hf[q_key].view(H, nope + rope, -1)
+    kv = hf["kv_b_proj.weight"].view(H, nope + d_v, d_c)
+    out = {"W_UQ.weight": q[:, :nope].reshape(H * nope, -1), "W_QR.weight": q[:, nope:].reshape(H * rope, -1),
+           "W_DKV.weight": hf["kv_a_proj_with_mqa.weight"][:d_c], "kv_norm.weight": hf["kv_a_layernorm.weight"],
+           "W_KR.weight": hf["kv_a_proj_with_mqa.weight"][d_c:], "W_UK.weight": kv[:, :nope].reshape(H * nope, d_c),
+           "W_UV.weight": kv[:, nope:].reshape(H * d_v, d_c), "out_proj.weight": hf["o_proj.weight"]}
+    if compressed:
+        out.update({"W_DQ.weight": hf["q_a_proj.weight"], "q_norm.weight": hf["q_a_layernorm.weight"]})
+    return {k: v.clone() for k, v in out.items()}
+
+
+def state_dict_to_transformers(ours: dict, cfg: DeepSeekMLAConfig) -> dict:
+    """The inverse of :func:`state_dict_from_transformers`: a ``DeepseekV3Attention`` state dict."""
+    H, nope, rope, d_v = cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+    q = torch.cat([ours["W_UQ.weight"].view(H, nope, -1), ours["W_QR.weight"].view(H, rope, -1)], dim=1)
+    kv = torch.cat([ours["W_UK.weight"].view(H, nope, -1), ours["W_UV.weight"].view(H, d_v, -1)], dim=1)
+    hf = {"kv_a_proj_with_mqa.weight": torch.cat([ours["W_DKV.weight"], ours["W_KR.weight"]]),
+          "kv_a_layernorm.weight": ours["kv_norm.weight"], "kv_b_proj.weight": kv.flatten(0, 1),
+          "o_proj.weight": ours["out_proj.weight"]}
+    if cfg.q_lora_rank is None:
+        hf["q_proj.weight"] = q.flatten(0, 1)
+    else:
+        hf.update({"q_a_proj.weight": ours["W_DQ.weight"], "q_a_layernorm.weight": ours["q_norm.weight"],
+                   "q_b_proj.weight": q.flatten(0, 1)})
+    return {k: v.clone() for k, v in hf.items()}
