@@ -210,3 +210,12 @@ def test_bad_input():
         layer.new_cache(1, capacity=7)
     with pytest.raises(ValueError, match="d_latent"):
         LatentShape(2, 0)
+
+
+def test_heads_as_rows_against_a_shared_tensor_equal_broadcasting():
+    from utils.mla import mix_shared, scores_against_shared
+    g = torch.Generator().manual_seed(0)
+    q, shared = torch.randn(2, 3, 4, 5, generator=g), torch.randn(2, 7, 5, generator=g)
+    torch.testing.assert_close(scores_against_shared(q, shared), q @ shared.unsqueeze(1).transpose(-2, -1))
+    w = torch.softmax(torch.randn(2, 3, 4, 7, generator=g), -1)
+    torch.testing.assert_close(mix_shared(w, shared), w @ shared.unsqueeze(1))

@@ -53,6 +53,22 @@ def per_head(W: torch.Tensor, n_heads: int) -> torch.Tensor:
     return W.view(d_in, n_heads, width // n_heads).transpose(0, 1)  # (H, in, d)
 
 
+def scores_against_shared(q: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """Every head's queries q (B, H, T, d) against one (B, T_k, d) tensor all heads share -> (B, H, T, T_k).
+
+    One matmul with the heads as rows, (B, H*T, d) @ (B, d, T_k): broadcasting the shared tensor
+    over a head axis instead would make torch copy it once per head at every decoding step.
+    """
+    B, H, T, d = q.shape
+    return (q.reshape(B, H * T, d) @ shared.transpose(-2, -1)).view(B, H, T, -1)
+
+
+def mix_shared(weights: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """Attention weights (B, H, T, T_k) times one (B, T_k, d) tensor all heads share -> (B, H, T, d)."""
+    B, H, T, T_k = weights.shape
+    return (weights.reshape(B, H * T, T_k) @ shared).view(B, H, T, -1)
+
+
 class LatentProjections(nn.Module):
     """``W_dKV`` (d, d_c), ``W_uK`` (d_c, H d_h), ``W_uV`` (d_c, H d_v), row convention (Lecture 12).
 
@@ -237,11 +253,10 @@ class MultiHeadLatentAttention(nn.Module):
             c_kv = cache.append(c_kv)                                 # (B, T_k, d_c)
         W_qk = absorbed_query_weights(self.W_q.weight.T, self.proj.W_uK, self.n_heads)  # (H, d_in, d_c)
         q_latent = x.unsqueeze(1) @ W_qk                              # (B, H, T, d_c): one query per head
-        c = c_kv.unsqueeze(1)                                         # (B, 1, T_k, d_c): shared by the heads
-        scores = q_latent @ c.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, T_k), d_h not d_c
+        scores = scores_against_shared(q_latent, c_kv) / math.sqrt(self.head_dim)  # (B, H, T, T_k), d_h not d_c
         scores = scores.masked_fill(self.mask[start:start + T, :start + T], float("-inf"))
         weights = self.dropout(torch.softmax(scores, dim=-1))
-        context = (weights @ c) @ per_head(self.proj.W_uV, self.n_heads)  # (B, H, T, d_c) -> (B, H, T, d_h)
+        context = mix_shared(weights, c_kv) @ per_head(self.proj.W_uV, self.n_heads)  # (B, H, T, d_c) -> (B, H, T, d_h)
         return self.out_proj(self.merge_heads(context)), weights
 
     def forward(self, x: torch.Tensor, return_weights: bool = False, cache: LatentCache | None = None):

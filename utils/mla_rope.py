@@ -36,7 +36,7 @@ from torch import nn
 
 from utils.attention import causal_mask
 from utils.kv_cache import LatentCache
-from utils.mla import mla_cache_elements, per_head
+from utils.mla import mix_shared, mla_cache_elements, per_head, scores_against_shared
 from utils.positional import apply_rope, rope_cache
 
 
@@ -203,10 +203,9 @@ class DeepSeekMLA(nn.Module):
         c_kv, k_r = self.latents(x, start, cache)
         W_UK = per_head(self.W_UK.weight.T, self.cfg.n_heads)               # (H, d_c, d_h)
         q_latent = q_c @ W_UK.transpose(1, 2)                               # (B, H, T, d_c): q_C,h W_UK,h^T
-        c, k = c_kv.unsqueeze(1), k_r.unsqueeze(1)                          # (B, 1, T_k, .): shared by heads
-        scores = (q_latent @ c.transpose(-2, -1) + q_r @ k.transpose(-2, -1)) * self.scale
-        weights = self._attend(scores, start)
-        context = (weights @ c) @ per_head(self.W_UV.weight.T, self.cfg.n_heads)  # (B, H, T, d_v)
+        scores = (scores_against_shared(q_latent, c_kv) + scores_against_shared(q_r, k_r)) * self.scale
+        weights = self._attend(scores, start)                               # (B, H, T, T_k)
+        context = mix_shared(weights, c_kv) @ per_head(self.W_UV.weight.T, self.cfg.n_heads)  # (B, H, T, d_v)
         return self.out_proj(context.transpose(1, 2).flatten(2)), weights
 
     def forward(self, x: torch.Tensor, return_weights: bool = False, cache: LatentCache | None = None):
