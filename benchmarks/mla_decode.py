@@ -17,11 +17,10 @@ fp32, CPU) after a context of T tokens has been cached, for T in ``--contexts`` 
 - ``absorbed``: the same layer with ``absorb=True``: each head's query is folded into latent
   space (q_C,h W_UK,h^T) and scored against the cached c_KV directly; W_UV,h is applied after
   attention. The cache holds only ``[c_KV ; k_R]``.
-- ``abs-rows``: the absorbed path written here with the H heads' folded queries as the rows of one
-  (H, d_c) matrix against the shared latent. ``forward_absorbed`` computes
-  ``(B, H, 1, d_c) @ (B, 1, d_c, T)``, which broadcasts the latent over the heads, and
-  ``torch.matmul`` materialises H copies of it (H x T x d_c numbers written and read) every step;
-  that copy, not the attention arithmetic, is what can make ``absorbed`` slower at long context.
+  It scores the heads' folded queries as the rows of one matrix against the shared latent
+  (``utils.mla.scores_against_shared``): broadcasting the latent over a head axis instead makes
+  ``torch.matmul`` copy it H times at every step, which made the absorbed path slower than
+  ``naive-kv`` at long context before that change.
 
 Why absorbed can lose at short context, and what wins at long context. Every step first reads the
 layer's weights (MHA 4.2M numbers, this MLA 5.3M by default), a fixed cost that dominates at
@@ -75,10 +74,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from utils.attention import MultiHeadAttention  # noqa: E402
 from utils.kv_cache import (AttentionShape, LatentShape, LayerKVCache, format_bytes,  # noqa: E402
                             kv_cache_bytes)
-from utils.mla import per_head  # noqa: E402
 from utils.mla_rope import DeepSeekMLA, DeepSeekMLAConfig  # noqa: E402
 
-VARIANTS = ("MHA", "naive", "naive-kv", "absorbed", "abs-rows")
+VARIANTS = ("MHA", "naive", "naive-kv", "absorbed")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -141,25 +139,6 @@ class ExpandedMLACache:
         return self.kv.nbytes() + self.kr.numel() * self.kr.element_size()
 
 
-def absorbed_rows_step(layer: DeepSeekMLA, x: torch.Tensor, cache) -> torch.Tensor:
-    """DeepSeekMLA.forward_absorbed with the heads as rows of one matrix product against the shared latent.
-
-    ``(B, H, T, d_c) @ (B, 1, d_c, T_k)`` broadcasts the latent over the heads, and torch.matmul
-    then materialises H copies of it every step; ``(B, H T, d_c) @ (B, d_c, T_k)`` reads it once.
-    """
-    start, H = cache.position, layer.cfg.n_heads
-    q_c, q_r = layer.queries(x, start)
-    c_kv, k_r = layer.latents(x, start, cache)                               # (B, T_k, d_c), (B, T_k, d_h^R)
-    W_UK = per_head(layer.W_UK.weight.T, H)                                  # (H, d_c, d_h)
-    q_latent = q_c @ W_UK.transpose(1, 2)                                    # (B, H, T, d_c)
-    B, _, T, _ = q_latent.shape
-    rows = lambda t: t.reshape(B, H * T, -1)                                 # noqa: E731 (B, H T, .)
-    scores = (rows(q_latent) @ c_kv.transpose(-2, -1) + rows(q_r) @ k_r.transpose(-2, -1)) * layer.scale
-    weights = layer._attend(scores.view(B, H, T, -1), start)                 # (B, H, T, T_k)
-    context = (rows(weights) @ c_kv).view(B, H, T, -1) @ per_head(layer.W_UV.weight.T, H)  # (B, H, T, d_v)
-    return layer.out_proj(context.transpose(1, 2).flatten(2))
-
-
 def naive_kv_step(layer: DeepSeekMLA, x: torch.Tensor, cache: ExpandedMLACache) -> torch.Tensor:
     """DeepSeekMLA.forward_naive, but with the expanded keys and values read from the cache."""
     start = cache.position
@@ -193,13 +172,11 @@ class Bench:
         x_new = torch.randn(1, 1, self.args.d_model, generator=g)
         mha, naive = self.mha, self.naive
         caches = {"MHA": mha.new_cache(1, T + 1), "naive": naive.new_cache(1, T + 1),
-                  "naive-kv": ExpandedMLACache(naive, 1, T + 1), "absorbed": self.absorbed.new_cache(1, T + 1),
-                  "abs-rows": self.absorbed.new_cache(1, T + 1)}
+                  "naive-kv": ExpandedMLACache(naive, 1, T + 1), "absorbed": self.absorbed.new_cache(1, T + 1)}
         _, k, v = mha.qkv(prefix).split([mha.d_out, mha.kv_dim, mha.kv_dim], dim=-1)
         caches["MHA"].append(mha.split_heads(k, mha.n_kv_groups), mha.split_heads(v, mha.n_kv_groups))
         naive.latents(prefix, 0, caches["naive"])
         self.absorbed.latents(prefix, 0, caches["absorbed"])
-        self.absorbed.latents(prefix, 0, caches["abs-rows"])
         caches["naive-kv"].append(prefix, 0)
         return caches, prefix, x_new
 
@@ -210,8 +187,6 @@ class Bench:
             return self.mha(x, cache=cache)
         if name == "naive-kv":
             return naive_kv_step(self.naive, x, cache)
-        if name == "abs-rows":
-            return absorbed_rows_step(self.absorbed, x, cache)
         return (self.naive if name == "naive" else self.absorbed)(x, cache=cache)
 
 
@@ -221,7 +196,6 @@ def check(bench: Bench, T: int, caches: dict, prefix: torch.Tensor, x_new: torch
     out = {name: bench.step(name, x_new, caches[name], T) for name in VARIANTS}
     torch.testing.assert_close(out["absorbed"], out["naive"], **tol)
     torch.testing.assert_close(out["naive-kv"], out["naive"], **tol)
-    torch.testing.assert_close(out["abs-rows"], out["naive"], **tol)
     if T > bench.args.check_max:
         return "MLA variants agree (1e-4)"
     full = torch.cat([prefix, x_new], dim=1)  # (1, T + 1, d): the uncached pass on every token
@@ -258,8 +232,7 @@ def bench_context(bench: Bench, T: int) -> dict:
             times[name].append(time_step(bench, name, x_new, caches[name], T, args.steps))
     med = {name: statistics.median(t) for name, t in times.items()}
     pairs = {"naive/MHA": ("naive", "MHA"), "absorbed/MHA": ("absorbed", "MHA"),
-             "absorbed/naive": ("absorbed", "naive"), "absorbed/naive-kv": ("absorbed", "naive-kv"),
-             "abs-rows/naive-kv": ("abs-rows", "naive-kv"), "abs-rows/MHA": ("abs-rows", "MHA")}
+             "absorbed/naive": ("absorbed", "naive"), "absorbed/naive-kv": ("absorbed", "naive-kv")}
     ratios = {}
     for label, (a, b) in pairs.items():
         per_round = [x / y for x, y in zip(times[a], times[b])]  # same round, same load
@@ -273,7 +246,7 @@ def expected_bytes(args: argparse.Namespace, capacity: int) -> dict:
     mha = kv_cache_bytes(AttentionShape(1, args.heads, args.head_dim), capacity, dtype=torch.float32)
     latent = kv_cache_bytes(LatentShape(1, args.latent, args.rope_dim), capacity, dtype=torch.float32)
     rope = kv_cache_bytes(LatentShape(1, args.rope_dim), capacity, dtype=torch.float32) if args.rope_dim else 0
-    return {"MHA": mha, "naive": latent, "naive-kv": mha + rope, "absorbed": latent, "abs-rows": latent}
+    return {"MHA": mha, "naive": latent, "naive-kv": mha + rope, "absorbed": latent}
 
 
 def main(argv=None) -> None:
@@ -286,7 +259,7 @@ def main(argv=None) -> None:
           f"query compression {args.q_rank or 'none'}; median of {args.repeats} interleaved rounds "
           f"({args.steps} decode steps per sample) after {args.warmup} warm-up rounds")
     print("naive: re-expands K and V from the latent cache every step; naive-kv: caches the expanded K, V "
-          "(and k_R); absorbed: latent cache only (DeepSeekMLA.forward_absorbed); abs-rows: the same, heads as rows\n")
+          "(and k_R); absorbed: latent cache only (DeepSeekMLA.forward_absorbed)\n")
     start = time.perf_counter()
     results = []
     header = (f"{'context':>7} " + " ".join(f"{name + ' ms':>11}" for name in VARIANTS) + "  checked")
