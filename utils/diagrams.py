@@ -302,3 +302,83 @@ def draw_gqa_groups(n_heads: int = 4, n_groups: int = 2):
         ax.text(-0.1, 0.4, "K/V\nheads", ha="right", va="center", fontsize=9, color="0.3")
     fig.tight_layout()
     return fig
+
+
+def draw_parallel_heads(n: int = 4):
+    """Gloeckle et al.'s multi-token model: a shared trunk and n parallel heads (Lecture 23).
+
+    ids (B, T) -> embedding -> trunk (the first L - 1 blocks, run once) -> n independent head blocks
+    -> the shared final norm and unembedding -> head j scores token t + 1 + j.
+    """
+    if not isinstance(n, int) or not 1 <= n <= 6:
+        raise ValueError(f"draw_parallel_heads draws 1 to 6 heads, got {n!r}.")
+    fig, ax = plt.subplots(figsize=(1.9 * n + 2.2, 4.6))
+    ax.set_axis_off()
+    width = 1.9 * n
+    ax.set_xlim(-1.2, width + 0.2)
+    ax.set_ylim(-0.5, 6.1)
+    mid = width / 2 - 0.5
+    _block_box(ax, mid, 0.0, 3.4, 0.5, "token ids x_1 ... x_t  (B, T)", "#eeeeee")
+    _block_box(ax, mid, 1.0, 3.4, 0.5, "token + position embedding", "#dbe9f6")
+    _block_box(ax, mid, 2.1, 3.4, 0.7, "shared trunk: blocks 1 ... L-1\n(run once)  z_t  (B, T, d)", "#c6dbef",
+               weight="bold")
+    _block_arrow(ax, (mid, 0.25), (mid, 0.75))
+    _block_arrow(ax, (mid, 1.25), (mid, 1.75))
+    for j in range(n):
+        x = 1.9 * j + 0.45
+        _block_arrow(ax, (mid, 2.45), (x, 3.05))
+        _block_box(ax, x, 3.3, 1.6, 0.5, f"head {j}: block", "#fdd0a2")
+        _block_box(ax, x, 4.2, 1.6, 0.5, "norm + out_head", "#e5e5e5")
+        _block_box(ax, x, 5.2, 1.6, 0.55, f"P(x_t+{j + 1} | x_<=t)", "#c7e9c0", fontsize=9)
+        _block_arrow(ax, (x, 3.55), (x, 3.95))
+        _block_arrow(ax, (x, 4.45), (x, 4.92))
+    ax.text(-1.1, 4.2, "shared\n(same\nweights)", ha="left", va="center", fontsize=8, color="0.3")
+    ax.text(-1.1, 3.3, "n separate\nblocks", ha="left", va="center", fontsize=8, color="0.3")
+    ax.set_title(f"Multi-token prediction with {n} parallel heads (Gloeckle et al. 2024)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def draw_mtp_chain(depth: int = 3):
+    """DeepSeek-V3's sequential MTP modules and their causal chain (Lecture 24).
+
+    The main model's hidden state h^0 feeds depth 1; depth k combines h^{k-1} with Emb(t_{i+k}) (both
+    RMS-normalised, concatenated, projected 2d -> d), runs one block and scores t_{i+k+1} through the
+    shared head; its output h^k feeds depth k + 1.
+    """
+    if not isinstance(depth, int) or not 1 <= depth <= 4:
+        raise ValueError(f"draw_mtp_chain draws depths 1 to 4, got {depth!r}.")
+    cols = depth + 1
+    fig, ax = plt.subplots(figsize=(2.6 * cols + 0.6, 5.2))
+    ax.set_axis_off()
+    ax.set_xlim(-0.4, 2.6 * cols)
+    ax.set_ylim(-0.6, 6.4)
+    x0 = 1.1
+    _block_box(ax, x0, 0.0, 2.0, 0.5, "Emb(t_i)  (shared)", "#dbe9f6")
+    _block_box(ax, x0, 1.6, 2.0, 1.0, "main model\nblocks 1 ... L\nh^0  (T, d)", "#c6dbef", weight="bold")
+    _block_box(ax, x0, 4.3, 2.0, 0.5, "norm + head (shared)", "#e5e5e5")
+    _block_box(ax, x0, 5.5, 2.0, 0.55, "P(t_(i+1))", "#c7e9c0")
+    _block_arrow(ax, (x0, 0.25), (x0, 1.1))
+    _block_arrow(ax, (x0, 2.1), (x0, 4.05))
+    _block_arrow(ax, (x0, 4.55), (x0, 5.22))
+    prev = (x0 + 1.0, 1.6)
+    for k in range(1, depth + 1):
+        x = x0 + 2.6 * k
+        _block_box(ax, x, 0.0, 2.0, 0.5, f"Emb(t_(i+{k}))  (shared)", "#dbe9f6")
+        _block_box(ax, x, 1.2, 2.2, 0.75, "[RMSNorm(h); RMSNorm(emb)]\n(2d) -> eh_proj -> (d)", "#fdd0a2",
+                   fontsize=8)
+        _block_box(ax, x, 2.5, 2.0, 0.55, f"block  ->  h^{k}", "#fdae6b")
+        _block_box(ax, x, 4.3, 2.0, 0.5, "norm + head (shared)", "#e5e5e5")
+        _block_box(ax, x, 5.5, 2.0, 0.55, f"P(t_(i+{k + 1}))", "#c7e9c0")
+        _block_arrow(ax, (x, 0.25), (x, 0.82))
+        _block_arrow(ax, (x, 1.58), (x, 2.22))
+        _block_arrow(ax, (x, 2.78), (x, 4.05))
+        _block_arrow(ax, (x, 4.55), (x, 5.22))
+        _block_arrow(ax, prev, (x - 1.1, 1.2))
+        ax.text((prev[0] + x - 1.1) / 2, (prev[1] + 1.2) / 2 + 0.25, f"h^{k - 1}", ha="center", fontsize=8,
+                color="0.3")
+        prev = (x + 1.0, 2.5)
+    ax.set_title(f"DeepSeek-V3 multi-token prediction: {depth} sequential module(s), causal chain kept",
+                 fontsize=11)
+    fig.tight_layout()
+    return fig
