@@ -26,9 +26,9 @@ def test_01_1_rejects_plain_substrings():
 
 
 def test_01_1_rejects_a_missing_closing_backtick():
-    # `moe_extra` starts like `moe
+    # `moe_extra` (a toy case) starts like `moe, and `mla_rope` (lecture 17) like `mla
     assert_rejects("01.1", lambda lectures, module: sorted(
-        lec["number"] for lec in lectures if f"`{module}" in lec["utils"]), "moe_extra")
+        lec["number"] for lec in lectures if f"`{module}" in lec["utils"]), "is wrong")
 
 
 def test_01_1_rejects_forgetting_module_dot_class():
