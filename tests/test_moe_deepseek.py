@@ -76,8 +76,10 @@ def test_update_bias_leaves_gate_weights_of_the_module_untouched():
     ours, _ = _pair(n_groups=1, topk_groups=1)
     x = torch.randn(40, 16, generator=torch.Generator().manual_seed(3))
     before = {k: v.clone() for k, v in ours.state_dict().items()}
-    ours(x)
-    assert ours.last_load.sum() == 40 * 3 and torch.equal(ours.step_load, ours.last_load)
+    ours.eval()(x)  # evaluation batches do not count towards the bias update
+    assert ours.last_load.sum() == 40 * 3 and ours.step_load.sum() == 0
+    ours.train()(x)
+    assert torch.equal(ours.step_load, ours.last_load)
     new = ours.update_bias()
     load = ours.last_load
     torch.testing.assert_close(new - before["e_score_correction_bias"], 0.001 * torch.sign(load.mean() - load))
@@ -189,3 +191,23 @@ def test_bad_sequence_loss_input():
 
 def test_fine_grained_combinations():
     assert math.comb(16, 2) == 120 and math.comb(64, 8) == 4_426_165_368
+
+
+def test_update_moe_biases_updates_every_layer_with_its_own_load():
+    """Lecture 22's trainer hook: each DeepSeekMoE layer of a GPT gets Wang et al.'s update, loads reset."""
+    from utils.gpt import GPTConfig, GPTModel
+    from utils.moe.deepseek import moe_layers, update_moe_biases
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=11, context_length=8, d_model=16, n_heads=2, n_layers=2, dropout=0.0)
+    model = GPTModel(cfg, feed_forward=DeepSeekMoE.factory(expert_hidden=8, n_routed=4, n_shared=1, top_k=2,
+                                                           gamma=0.1))
+    model(torch.randint(0, 11, (3, 8)))
+    layers = moe_layers(model, DeepSeekMoE)
+    assert len(layers) == 2
+    expected = [0.1 * torch.sign(l.step_load.mean() - l.step_load) for l in layers]
+    assert all(l.step_load.sum() == 3 * 8 * 2 for l in layers)
+    update_moe_biases(1, model, None)
+    for layer, want in zip(layers, expected):
+        torch.testing.assert_close(layer.e_score_correction_bias, want)
+        assert layer.step_load.sum() == 0

@@ -30,7 +30,7 @@ from utils.moe.experts import SwiGLUExpert
 from utils.moe.routing import SparseMoE
 
 __all__ = ["DeepSeekMoEConfig", "DeepSeekMoE", "group_limited_mask", "deepseek_gates", "bias_update",
-           "max_violation", "sequence_balance_loss"]
+           "max_violation", "sequence_balance_loss", "moe_layers", "update_moe_biases"]
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ class DeepSeekMoE(SparseMoE):
 
     forward: x (..., d_model) -> (..., d_model) = shared(x) + sum_j g_j expert_{i_j}(x). The routed
     experts run through :meth:`SparseMoE.forward_batched` (or ``forward_loop``). After a forward:
-    ``last_indices`` (N, k), ``last_load`` (E,) tokens per expert, ``step_load`` (E,) summed since the
+    ``last_indices`` (N, k), ``last_load`` (E,) tokens per expert, ``step_load`` (E,) summed over training batches since the
     last :meth:`update_bias`, and ``aux_loss`` (the sequence-wise loss, 0 when ``seq_aux_alpha`` is 0 or
     in eval mode). The correction bias is a buffer (no gradient); call :meth:`update_bias` after each
     optimiser step.
@@ -197,7 +197,8 @@ class DeepSeekMoE(SparseMoE):
         weights, indices, scores = self.route(flat)
         load = torch.bincount(indices.reshape(-1), minlength=self.n_experts).float().cpu()
         self.last_indices, self.last_load = indices.detach(), load
-        self.step_load = self.step_load + load
+        if self.training:  # only training batches count towards the next bias update
+            self.step_load = self.step_load + load
         if self.training and self.cfg.seq_aux_alpha > 0 and x.dim() == 3:
             self.aux_loss = sequence_balance_loss(scores.view(*shape[:2], -1), indices.view(*shape[:2], -1),
                                                   self.top_k, self.cfg.seq_aux_alpha)
@@ -262,3 +263,18 @@ class DeepSeekMoE(SparseMoE):
         return (f"routed={c.n_routed}, shared={c.n_shared}, top_k={c.top_k}, groups={c.topk_groups}/{c.n_groups}, "
                 f"scoring={c.scoring}, scale={c.routed_scaling_factor}")
 
+
+
+# --- glue for training a GPT with MoE layers (Lecture 22) -------------------------------------------------
+
+def moe_layers(model: nn.Module, kind: type = SparseMoE) -> list[nn.Module]:
+    """The MoE layers of ``model`` (modules that are instances of ``kind``), in order (Lecture 22)."""
+    return [m for m in model.modules() if isinstance(m, kind)]
+
+
+def update_moe_biases(step: int, model: nn.Module, history=None) -> None:
+    """A :class:`utils.trainer.Trainer` hook (Lecture 22): after every optimiser step, apply Wang et al.'s
+    bias update (:meth:`DeepSeekMoE.update_bias`) to every DeepSeekMoE layer of ``model``, each with the
+    load it saw since its last update."""
+    for layer in moe_layers(model, DeepSeekMoE):
+        layer.update_bias()
