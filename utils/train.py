@@ -20,8 +20,12 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, loader: Iterable, n_batches: int = 10) -> float:
-    """Mean :func:`lm_loss` over the first ``n_batches`` batches, dropout off (Lecture 03)."""
+def evaluate_loss(model: nn.Module, loader: Iterable, n_batches: int = 10,
+                  logits_of: Callable = lambda output: output) -> float:
+    """Mean :func:`lm_loss` over the first ``n_batches`` batches, dropout off (Lecture 03).
+
+    ``logits_of`` picks the logits from the model's output (Lecture 22's models also return losses).
+    """
     if n_batches <= 0:
         raise ValueError(f"n_batches must be positive, got {n_batches}.")
     device = next(model.parameters()).device
@@ -31,7 +35,7 @@ def evaluate_loss(model: nn.Module, loader: Iterable, n_batches: int = 10) -> fl
     for i, (x, y) in enumerate(loader):
         if i == n_batches:
             break
-        losses.append(lm_loss(model(x.to(device)), y.to(device)).item())
+        losses.append(lm_loss(logits_of(model(x.to(device))), y.to(device)).item())
     model.train(was_training)
     if not losses:
         raise ValueError("The loader yielded no batch: use more data or a smaller batch size.")

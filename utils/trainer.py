@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from utils.train import TrainLog, lm_loss
+from utils.train import TrainLog, evaluate_loss, lm_loss
 
 CHECKPOINT_FORMAT = "llm-course-trainer-v1"
 # Config fields that may change between a run and its resume (they do not change the losses).
@@ -166,26 +166,13 @@ def default_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[to
     return loss, {"lm": lm.item(), **{k: v.item() for k, v in aux.items()}}
 
 
-@torch.no_grad()
 def evaluate_lm(model: nn.Module, loader: Iterable, n_batches: int = 10) -> float:
     """Mean next-token cross-entropy of the main logits over ``n_batches`` batches, dropout off (Lecture 22).
 
-    Like :func:`utils.train.evaluate_loss`, but also for models that return auxiliary losses.
+    :func:`utils.train.evaluate_loss` on the logits that :func:`split_output` picks, so it also
+    works for models that return auxiliary losses.
     """
-    if n_batches <= 0:
-        raise ValueError(f"n_batches must be positive, got {n_batches}.")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    losses = []
-    for i, (x, y) in enumerate(loader):
-        if i == n_batches:
-            break
-        losses.append(lm_loss(split_output(model(x.to(device)))[0], y.to(device)).item())
-    model.train(was_training)
-    if not losses:
-        raise ValueError("The validation loader yielded no batch: use more data or a smaller batch size.")
-    return sum(losses) / len(losses)
+    return evaluate_loss(model, loader, n_batches, logits_of=lambda output: split_output(output)[0])
 
 
 @dataclass
