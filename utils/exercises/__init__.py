@@ -157,6 +157,21 @@ def module_cases(reference_cls: Callable[..., nn.Module], specs: list[tuple], ex
     return cases
 
 
+def run_in_chunks(layer: nn.Module, x: torch.Tensor, chunks: tuple | None):
+    """Feed ``x`` (B, T, d) to a cached attention layer ``chunks`` tokens at a time (prefill, then steps).
+
+    Returns ``layer(x)`` when ``chunks`` is None, else (outputs (B, T, d_out), the cached latent rows).
+    Used by the checkers of the decoding exercises (Lectures 13 and 17).
+    """
+    if chunks is None:
+        return layer(x)
+    cache, outs, start = layer.new_cache(x.shape[0]), [], 0
+    for n in chunks:
+        outs.append(layer(x[:, start:start + n], cache=cache))
+        start += n
+    return torch.cat(outs, dim=1), cache.latent.clone()
+
+
 def run_module(cls: Callable[..., nn.Module], args: tuple) -> Any:
     """Build the learner's module, copy the reference weights into it, run it (the ``call`` of module exercises)."""
     (spec,) = args

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from utils.exercises import Case, exercise, randn
+from utils.exercises import Case, exercise, randn, run_in_chunks
 from utils.kv_cache import LatentShape, kv_cache_bytes
 from utils.mla import MultiHeadLatentAttention
 
@@ -29,17 +29,6 @@ class DecodeCall:
     chunks: tuple | None  # token counts fed one call after another with a cache; None: one call, no cache
 
 
-def _run_chunks(layer: torch.nn.Module, x: torch.Tensor, chunks):
-    if chunks is None:
-        return layer(x)
-    cache = layer.new_cache(x.shape[0])
-    outs, start = [], 0
-    for n in chunks:
-        outs.append(layer(x[:, start:start + n], cache=cache))
-        start += n
-    return torch.cat(outs, dim=1), cache.latent.clone()  # (B, T, d_out), (B, T, d_latent)
-
-
 def run_decode(cls, args):
     """The ``call`` of 13.1: the learner's class with the reference's weights, absorbed path on."""
     (spec,) = args
@@ -49,7 +38,7 @@ def run_decode(cls, args):
     layer.load_state_dict(spec.state_dict)
     layer.eval()
     with torch.no_grad():
-        return _run_chunks(layer, spec.x, spec.chunks)
+        return run_in_chunks(layer, spec.x, spec.chunks)
 
 
 def toy_layer(d_in=8, d_out=8, context_length=16, n_heads=2, d_latent=4, seed=1300, absorb=False):

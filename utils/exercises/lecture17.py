@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from utils.exercises import Case, exercise, randn
+from utils.exercises import Case, exercise, randn, run_in_chunks
 from utils.mla_rope import DeepSeekMLA, DeepSeekMLAConfig
 
 
@@ -37,13 +37,7 @@ def run_decode(cls, args):
     layer.load_state_dict(spec.state_dict)
     layer.eval()
     with torch.no_grad():
-        if spec.chunks is None:
-            return layer(spec.x)
-        cache, outs, start = layer.new_cache(spec.x.shape[0]), [], 0
-        for n in spec.chunks:
-            outs.append(layer(spec.x[:, start:start + n], cache=cache))
-            start += n
-        return torch.cat(outs, dim=1), cache.latent.clone()  # (B, T, d), (B, T, d_c + d_h^R)
+        return run_in_chunks(layer, spec.x, spec.chunks)  # (B, T, d), (B, T, d_c + d_h^R)
 
 
 def toy_layer(cfg: DeepSeekMLAConfig, seed: int) -> DeepSeekMLA:
