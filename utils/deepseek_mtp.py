@@ -55,15 +55,18 @@ class MTPModule(nn.Module):
     ``hnorm``/``enorm``: RMSNorms of the hidden state and of the embedding; ``eh_proj``: the
     projection M_k from the concatenation [hnorm(h); enorm(emb)] (2d) back to d; ``block``: one
     transformer block of the main model's kind. It holds no embedding and no head.
+    ``block``: a ready-made block (Lecture 29's DeepSeek decoder block) instead of a GPT
+    :class:`utils.gpt.TransformerBlock` built from ``attention`` and ``feed_forward``; it must accept
+    ``block(x)`` and ``block(x, cache=layer_cache)``.
     """
 
-    def __init__(self, cfg: GPTConfig, attention=default_attention, feed_forward=FeedForward):
+    def __init__(self, cfg, attention=default_attention, feed_forward=FeedForward, block: nn.Module | None = None):
         super().__init__()
         d = cfg.d_model
         self.hnorm = nn.RMSNorm(d, eps=RMS_EPS)
         self.enorm = nn.RMSNorm(d, eps=RMS_EPS)
         self.eh_proj = nn.Linear(2 * d, d, bias=False)
-        self.block = TransformerBlock(cfg, attention(cfg), feed_forward(cfg))
+        self.block = block if block is not None else TransformerBlock(cfg, attention(cfg), feed_forward(cfg))
 
     def combine(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """h'^k = M_k [RMSNorm(h); RMSNorm(emb)]: (B, n, d) and (B, n, d) -> (B, n, d). Paper order: hidden first."""
@@ -72,8 +75,10 @@ class MTPModule(nn.Module):
                              "(one embedded token t_{i+k} per hidden state h_i).")
         return self.eh_proj(torch.cat([self.hnorm(h), self.enorm(emb)], dim=-1))  # (B, n, 2d) -> (B, n, d)
 
-    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return self.block(self.combine(h, emb))  # (B, n, d)
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, cache=None) -> torch.Tensor:
+        """h^k (B, n, d); ``cache``: the block's own per-layer KV cache (speculative decoding, Lecture 25)."""
+        x = self.combine(h, emb)
+        return self.block(x) if cache is None else self.block(x, cache=cache)  # (B, n, d)
 
 
 class DeepSeekMTP(nn.Module):
