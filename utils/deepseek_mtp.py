@@ -17,6 +17,10 @@ Logits convention: ``mtp_logits[:, i, k - 1]`` scores token ``t_{i+k+1}`` for po
 ``i = 0 ... T - D - 1`` (every depth has its input token there), so ids (B, T) give
 (B, T - D, D, V); the lecture's model (T = 8, D = 3) gives (1, 5, 3, 5000). Where
 ``i + k + 1 >= T`` (the last position of depth D) there is no target: ``IGNORE_INDEX``.
+
+Lecture 25: :class:`DeepSeekMTP` also implements the speculative-decoding protocol of
+:func:`utils.mtp.speculative_generate` (``new_cache``, ``new_mtp_cache``, ``hidden_states``,
+``logits_from_hidden``, ``mtp_draft_logits``): module 1 drafts the token after next.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.gpt import FeedForward, GPTConfig, GPTModel, TransformerBlock, default_attention
+from utils.kv_cache import KVCache, supports_cache
 
 IGNORE_INDEX = -100
 """Target of positions without a target; ``F.cross_entropy``'s default (as in :mod:`utils.mtp`)."""
@@ -115,6 +120,64 @@ class DeepSeekMTP(nn.Module):
         """The shared output head: the main model's ``out_head`` itself (after its ``final_norm``)."""
         return self.model.out_head
 
+    # --- the speculative-decoding protocol of utils.mtp.speculative_generate (Lecture 25) ---------------
+    @property
+    def cfg(self) -> GPTConfig:
+        """The main model's config (``context_length``, ``vocab_size``)."""
+        return self.model.cfg
+
+    def new_cache(self, batch_size: int = 1) -> KVCache:
+        """An empty KV cache of the main model's blocks (as ``GPTModel.new_cache``)."""
+        return self.model.new_cache(batch_size)
+
+    def new_mtp_cache(self, batch_size: int = 1) -> KVCache:
+        """An empty one-layer KV cache for MTP module 1's block (capacity ``context_length``)."""
+        attn = self.mtp[0].block.attn
+        if not supports_cache(attn):
+            raise ValueError(f"MTP module 1's attention ({type(attn).__name__}) has no KV-cache support; "
+                             "use speculative_generate(..., use_cache=False).")
+        w = next(self.parameters())
+        return KVCache([attn.new_cache(batch_size, self.cfg.context_length, dtype=w.dtype, device=w.device)])
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The trunk's last hidden state h (B, T, d) BEFORE the final norm, for ids (B, T) at positions
+        ``cache.position ...`` (0 without a cache); with ``cache`` each block appends to its layer."""
+        g = self.model
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
+            raise ValueError("idx must be a (batch, tokens) LongTensor of ids; add a batch axis with idx.unsqueeze(0).")
+        start = 0 if cache is None else cache.position
+        if start + idx.shape[1] > g.cfg.context_length:
+            raise ValueError(f"positions {start} ... {start + idx.shape[1] - 1} pass context_length="
+                             f"{g.cfg.context_length}; use a shorter prompt or fewer new tokens.")
+        if cache is not None and len(cache) != len(g.blocks):
+            raise ValueError(f"the cache has {len(cache)} layers, the model {len(g.blocks)} blocks; "
+                             "build it with new_cache().")
+        h = g.drop(g.embed(idx, start))  # (B, T, d)
+        if cache is None:
+            for block in g.blocks:
+                h = block(h)
+        else:
+            for block, layer_cache in zip(g.blocks, cache.layers):
+                h = block(h, cache=layer_cache)
+        return h
+
+    def logits_from_hidden(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm + output head: h (B, T, d) -> logits (B, T, V)."""
+        return self.model.out_head(self.model.final_norm(h))
+
+    def mtp_draft_logits(self, h: torch.Tensor, next_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """MTP module 1 on (h_i, Emb(next_ids_i)) -> logits (B, T, V) scoring the token after next_ids_i.
+
+        ``next_ids[:, i]`` is the token at position i + 1 (the one after h_i's); ``cache``: from
+        :meth:`new_mtp_cache`, appended to by the module's block.
+        """
+        if next_ids.shape != h.shape[:2]:
+            raise ValueError(f"next_ids {tuple(next_ids.shape)} must hold one token per hidden state "
+                             f"{tuple(h.shape[:2])} (the token at position i + 1 for h_i).")
+        module = self.mtp[0]
+        x = module(h, self.model.tok_emb(next_ids), cache=None if cache is None else cache.layers[0])
+        return self.logits_from_hidden(x)  # the shared final norm and head
+
     def extra_parameters(self) -> int:
         """Parameters the D modules add (embedding and head are shared, so not counted)."""
         return sum(p.numel() for p in self.mtp.parameters())
@@ -127,10 +190,8 @@ class DeepSeekMTP(nn.Module):
         if T > g.cfg.context_length:
             raise ValueError(f"Sequence length {T} exceeds context_length={g.cfg.context_length}; "
                              "crop to the last context_length tokens.")
-        h = g.drop(g.embed(idx))  # (B, T, d): the trunk, as GPTModel.forward runs it
-        for block in g.blocks:
-            h = block(h)
-        main = g.out_head(g.final_norm(h))  # (B, T, V)
+        h = self.hidden_states(idx)  # (B, T, d): the trunk, as GPTModel.forward runs it
+        main = self.logits_from_hidden(h)  # (B, T, V)
         n = T - D  # positions where every depth has its input token t_{i+k}
         h = h[:, :n]  # h^0 (B, n, d); causal blocks: cropping first changes no kept position
         per_depth = []

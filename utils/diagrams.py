@@ -382,3 +382,105 @@ def draw_mtp_chain(depth: int = 3):
                  fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def draw_speculative_step():
+    """One step of speculative decoding with an MTP module as the drafter (Lecture 25).
+
+    Draft: MTP module 1 turns (h_(L-2), Emb(t_(L-1))) into a guess d for t_L. Verify: one pass of
+    the main model over [t_(L-1), d] gives its own choices for t_L and t_(L+1). Accept when its
+    choice for t_L equals d (two tokens from one pass), otherwise keep its own token and truncate
+    d's keys and values from the cache (one token).
+    """
+    fig, ax = plt.subplots(figsize=(10.5, 4.4))
+    ax.set_axis_off()
+    ax.set_xlim(-0.2, 10.6)
+    ax.set_ylim(-0.4, 4.6)
+    _block_box(ax, 1.3, 3.8, 2.4, 0.6, "known: t_0 ... t_(L-1)\nmain cache: positions 0 ... L-2", "#eeeeee",
+               fontsize=8)
+    _block_box(ax, 1.3, 2.3, 2.4, 0.8, "1. draft\nMTP module 1 on\n(h_(L-2), Emb(t_(L-1)))", "#fdd0a2", fontsize=8)
+    _block_box(ax, 1.3, 0.8, 2.4, 0.5, "draft d = argmax  (guess for t_L)", "#fdae6b", fontsize=8)
+    _block_arrow(ax, (1.3, 3.48), (1.3, 2.72))
+    _block_arrow(ax, (1.3, 1.88), (1.3, 1.07))
+    _block_box(ax, 5.0, 2.3, 2.8, 0.8, "2. verify: ONE main-model pass\non [t_(L-1), d] at positions L-1, L", "#c6dbef",
+               fontsize=8, weight="bold")
+    _block_box(ax, 5.0, 0.8, 2.8, 0.5, "main argmax: a (for t_L), b (for t_(L+1))", "#dbe9f6", fontsize=8)
+    _block_arrow(ax, (2.52, 0.8), (3.58, 2.1))
+    _block_arrow(ax, (5.0, 1.88), (5.0, 1.07))
+    _block_box(ax, 9.0, 3.0, 2.9, 0.9, "3a. a == d: accept\nappend d and b (2 tokens, 1 pass)\ncache keeps d",
+               "#c7e9c0", fontsize=8)
+    _block_box(ax, 9.0, 1.0, 2.9, 0.9, "3b. a != d: reject\nappend a (1 token)\ncache.truncate(L): drop d", "#fcbba1",
+               fontsize=8)
+    _block_arrow(ax, (6.42, 0.9), (7.52, 2.85))
+    _block_arrow(ax, (6.42, 0.8), (7.52, 1.0))
+    ax.text(5.0, 4.2, "the MTP module then combines the new hidden states with the new tokens and drafts again",
+            ha="center", fontsize=8, color="0.3")
+    ax.set_title("One step of greedy speculative decoding (draft with MTP, verify with the main model)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def draw_deepseek_model(n_layers="N", first_k_dense="k"):
+    """The whole mini DeepSeek in one picture (Lecture 29), with the MTP module branching off.
+
+    ids -> embedding -> N x [RMSNorm -> MLA (latent cache) -> +, RMSNorm -> dense SwiGLU (first k layers) or
+    DeepSeekMoE -> +] -> final RMSNorm -> head -> P(t_(i+1)); MTP module 1 takes the trunk's last hidden
+    state (before the final norm) and Emb(t_(i+1)), runs one more block and drafts P(t_(i+2)) through the
+    shared head. ``n_layers`` and ``first_k_dense`` are printed as given (numbers or letters).
+    """
+    from matplotlib.patches import FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(10.5, 8.2))
+    ax.set_axis_off()
+    ax.set_xlim(0, 10.5)
+    ax.set_ylim(-0.3, 12.0)
+    emb, norm, attn, ffn, head, io, mtp = "#dbe9f6", "#fde2c8", "#c6dbef", "#d5ecd4", "#e5e5e5", "white", "#fdd0a2"
+    x, w = 3.0, 3.8
+    _block_box(ax, x, 0.2, w, 0.5, "token ids  (B, T)", io, fontsize=8)
+    _block_box(ax, x, 1.2, w, 0.55, "embed_tokens  ->  (B, T, d)   (no position embedding)", emb, fontsize=8)
+    ax.add_patch(FancyBboxPatch((x - w / 2 - 0.3, 1.95), w + 0.6, 5.75, boxstyle="round,pad=0.02,rounding_size=0.1",
+                                facecolor="none", edgecolor="0.45", lw=1.2, ls="--"))
+    ax.text(x + w / 2 + 0.4, 2.2, f"{n_layers} x\nDeepSeekBlock", fontsize=9, weight="bold", va="center")
+    rows = [(2.5, "input_layernorm  (RMSNorm)", norm, w),
+            (3.5, "self_attn: MLA + decoupled RoPE\ncaches c_KV and k_R: d_c + d_h^R numbers per token", attn, w),
+            (4.5, "+  (residual)", io, 1.6),
+            (5.3, "post_attention_layernorm  (RMSNorm)", norm, w),
+            (6.3, f"mlp: dense SwiGLU (the first {first_k_dense} layers)\nor DeepSeekMoE: shared + top-k routed",
+             ffn, w),
+            (7.2, "+  (residual)", io, 1.6)]
+    heights = [0.7 if "\n" in text else 0.45 for _, text, _, _ in rows]
+    for (y, text, color, width), h in zip(rows, heights):
+        _block_box(ax, x, y, width, h, text, color, fontsize=8)
+    for (y0, *_), h0, (y1, *_), h1 in zip(rows, heights, rows[1:], heights[1:]):
+        _block_arrow(ax, (x, y0 + h0 / 2), (x, y1 - h1 / 2))
+    _block_arrow(ax, (x, 1.48), (x, 2.27))
+    _block_arrow(ax, (x, 0.45), (x, 0.92))
+    for y_from, y_to in ((2.05, 4.5), (4.75, 7.2)):  # the two skip connections, on the left
+        xs = x - w / 2 - 0.15
+        ax.plot([x, xs, xs], [y_from, y_from, y_to], color="0.45", lw=1.0)
+        _block_arrow(ax, (xs, y_to), (x - 0.8, y_to), color="0.45")
+    _block_box(ax, x, 8.4, w, 0.5, "h: the trunk's last hidden state  (B, T, d)", io, fontsize=8)
+    _block_box(ax, x, 9.3, w, 0.5, "norm  (final RMSNorm)", norm, fontsize=8)
+    _block_box(ax, x, 10.2, w, 0.5, "lm_head  ->  logits  (B, T, V)", head, fontsize=8)
+    _block_box(ax, x, 11.1, w, 0.5, "P(t_(i+1)): the next token", "#c7e9c0", fontsize=8)
+    _block_arrow(ax, (x, 7.43), (x, 8.15))
+    for y in (8.65, 9.55, 10.45):
+        _block_arrow(ax, (x, y), (x, y + 0.4))
+    xm, wm = 8.0, 3.6  # the MTP module, on the right
+    _block_box(ax, xm, 4.6, wm, 0.5, "Emb(t_(i+1))  (the same embed_tokens)", emb, fontsize=8)
+    _block_box(ax, xm, 6.0, wm, 0.75, "MTP module 1: [hnorm(h); enorm(emb)]\n(2d) -> eh_proj -> (d)", mtp,
+               fontsize=8)
+    _block_box(ax, xm, 7.4, wm, 0.55, "one more DeepSeekBlock (MLA + MoE)", mtp, fontsize=8)
+    _block_box(ax, xm, 9.3, wm, 0.5, "shared_head.norm  (its own RMSNorm)", norm, fontsize=8)
+    _block_box(ax, xm, 10.2, wm, 0.5, "lm_head  (the same tensor)", head, fontsize=8)
+    _block_box(ax, xm, 11.1, wm, 0.5, "P(t_(i+2)): a draft, one token further", "#c7e9c0", fontsize=8)
+    _block_arrow(ax, (xm, 4.85), (xm, 5.62))
+    _block_arrow(ax, (xm, 6.38), (xm, 7.12))
+    _block_arrow(ax, (xm, 7.68), (xm, 9.05))
+    for y in (9.55, 10.45):
+        _block_arrow(ax, (xm, y), (xm, y + 0.4))
+    _block_arrow(ax, (x + w / 2, 8.4), (xm - wm / 2, 6.2))
+    ax.text(5.6, 8.05, "h, before the final norm", fontsize=8, color="0.3", ha="left")
+    ax.set_title("The mini DeepSeek: MLA with a latent cache, DeepSeekMoE, and one MTP module", fontsize=11)
+    fig.tight_layout()
+    return fig

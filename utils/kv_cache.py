@@ -8,7 +8,9 @@ new token instead of recomputing them.
   allocated once and filled in place; ``position`` counts the tokens stored.
 - :class:`KVCache`: one :class:`LayerKVCache` per transformer block, built for a model with
   :meth:`KVCache.for_model`; ``GPTModel.forward(idx, cache=...)`` and
-  ``utils.generation.generate(..., use_cache=True)`` use it.
+  ``utils.generation.generate(..., use_cache=True)`` use it. ``truncate(length)`` (on every
+  cache class) drops the tokens after the first ``length``: speculative decoding (Lecture 25)
+  takes back a rejected draft that way.
 - :func:`kv_cache_bytes`: memory of the cache, layers * batch * tokens * n_kv_heads * d_h * 2 (K
   and V) * bytes per element (DeepSeek-V2 Table 1), for a :class:`utils.configs.ModelSpec`, a
   :class:`utils.gpt.GPTConfig` or a bare :class:`AttentionShape`.
@@ -26,6 +28,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+
+def _check_truncate(length, position: int) -> None:
+    """ValueError unless ``0 <= length <= position`` (an int): what ``truncate`` accepts (Lecture 25)."""
+    if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= position:
+        raise ValueError(f"truncate(length) keeps the first `length` cached tokens, so length must be an integer "
+                         f"in [0, position={position}], got {length!r}; the cache cannot grow by truncation.")
 
 
 class LayerKVCache:
@@ -70,6 +79,16 @@ class LayerKVCache:
     def reset(self) -> None:
         """Forget the stored tokens (the buffers are kept and overwritten by the next appends)."""
         self.position = 0
+
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` tokens and forget the rest (position becomes ``length``; Lecture 25).
+
+        Speculative decoding appends a drafted token's keys and values before knowing whether the
+        draft is accepted; on a rejection it truncates them away. Nothing is copied: the next
+        append overwrites the slots from ``length`` on.
+        """
+        _check_truncate(length, self.position)
+        self.position = length
 
     def append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``k_new``, ``v_new`` (B, n_kv_heads, T, d_h) at ``position`` and advance it by T.
@@ -142,6 +161,11 @@ class LatentCache:
     def reset(self) -> None:
         """Forget the stored tokens (the buffer is kept)."""
         self.position = 0
+
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` latents, forget the rest (position becomes ``length``; Lecture 25)."""
+        _check_truncate(length, self.position)
+        self.position = length
 
     def append(self, c_new: torch.Tensor) -> torch.Tensor:
         """Store ``c_new`` (B, T, d_latent) at ``position``, advance by T; return all stored (B, position, d_latent)."""
@@ -237,6 +261,16 @@ class KVCache:
         """Empty every layer (position 0); the buffers are reused."""
         for layer in self.layers:
             layer.reset()
+
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` tokens in every layer (position becomes ``length``; Lecture 25).
+
+        What speculative decoding does after a rejected draft: the draft's keys and values (or
+        latents) were appended to every layer during verification and are dropped here.
+        """
+        _check_truncate(length, self.position)
+        for layer in self.layers:
+            layer.truncate(length)
 
     def nbytes(self) -> int:
         """Bytes allocated by all layers (at full capacity)."""
