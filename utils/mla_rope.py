@@ -123,9 +123,20 @@ class DeepSeekMLA(nn.Module):
 
     ``forward(x (B, T, d), return_weights=False, cache=None)``: causal, positions ``start ...
     start + T - 1`` with ``start = cache.position`` (0 without a cache). ``cfg.absorb`` picks the
-    path; both append ``[c_KV ; k_R]`` (B, T, d_c + d_h^R) to the cache. Usable as the attention of
+    path; both append ``[c_KV ; k_R]`` (B, T, d_c + d_h^R) to the cache. Without ``return_weights``
+    ``forward`` runs :meth:`forward_fast` (the same outputs, fused attention for prompts and the
+    absorbed path for decode steps; Lecture 29) unless a subclass rewrote one of the paths. Usable as the attention of
     ``GPTModel`` (:func:`deepseek_mla_attention`) and with ``generate(..., use_cache=True)``.
     """
+
+    ABSORB_MAX_QUERIES = 16  # forward_fast: more new tokens than this run the expanded (prefill) path
+
+    @property
+    def _fast_ok(self) -> bool:
+        """``forward`` may take :meth:`forward_fast` unless a subclass rewrote a path (Lecture 17's exercise)."""
+        cls = type(self)
+        return (cls.forward_naive is DeepSeekMLA.forward_naive and cls.forward_absorbed is DeepSeekMLA.forward_absorbed
+                and cls.forward_fast is DeepSeekMLA.forward_fast)
 
     def __init__(self, cfg: DeepSeekMLAConfig):
         super().__init__()
@@ -208,6 +219,84 @@ class DeepSeekMLA(nn.Module):
         context = mix_shared(weights, c_kv) @ per_head(self.W_UV.weight.T, self.cfg.n_heads)  # (B, H, T, d_v)
         return self.out_proj(context.transpose(1, 2).flatten(2)), weights
 
+    def forward_fast(self, x: torch.Tensor, cache: LatentCache | None = None) -> torch.Tensor:
+        """The same output as :meth:`forward_naive` / :meth:`forward_absorbed`, without the weights (Lecture 29).
+
+        What ``forward`` runs when no weights are asked for. Prompt passes (and any call of more than
+        ``ABSORB_MAX_QUERIES`` tokens, or ``cfg.absorb`` False) expand k_C and v per head and call
+        ``torch.nn.functional.scaled_dot_product_attention`` (causal, fused: no (T, T) score matrix is
+        kept; v is zero-padded to the q/k width because torch's fused CPU kernel needs equal widths).
+        With ``cfg.absorb`` and a few new tokens against a cache (decoding), the absorbed path: each head's
+        query is folded into latent space (q_C,h W_UK,h^T, next to q_R) and scored against the cached rows
+        ``[c_KV ; k_R]`` as they are stored, one matmul for all heads; W_UV,h after the weighted sum. No
+        cached token is ever expanded, and the cache is written in place.
+        """
+        cfg = self.cfg
+        start = 0 if cache is None else cache.position
+        B, T, _ = x.shape
+        H, nope, rope, d_v, d_c = (cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim,
+                                   cfg.kv_lora_rank)
+        if cfg.absorb and cache is not None and T <= self.ABSORB_MAX_QUERIES:
+            return self._absorbed_step(x, cache)
+        q_c, q_r = self.queries(x, start)                                      # (B, H, T, d_h), (B, H, T, d_h^R)
+        c_kv = self.kv_norm(self.W_DKV(x))                                     # (B, T, d_c)
+        k_r = apply_rope(self.W_KR(x), self.cos, self.sin, offset=start)       # (B, T, d_h^R)
+        rows = torch.cat([c_kv, k_r], dim=-1)                                  # (B, T, d_c + d_h^R)
+        if cache is not None:
+            rows = cache.append(rows)                                          # (B, T_k, d_c + d_h^R), a view
+        T_k = rows.shape[1]
+        c_all, k_r_all = rows[..., :d_c], rows[..., d_c:]                      # (B, T_k, d_c), (B, T_k, d_h^R)
+        k = torch.cat([self._heads(self.W_UK(c_all)),
+                       k_r_all.unsqueeze(1).expand(B, H, T_k, rope)], dim=-1)  # (B, H, T_k, d_h + d_h^R)
+        v = self._heads(self.W_UV(c_all))                                      # (B, H, T_k, d_v)
+        q = torch.cat([q_c, q_r], dim=-1)                                      # (B, H, T, d_h + d_h^R)
+        width = max(nope + rope, d_v)
+        q, k = (nn.functional.pad(t, (0, width - nope - rope)) for t in (q, k))  # zeros change no score
+        v = nn.functional.pad(v, (0, width - d_v))
+        if start == 0:
+            out = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        else:  # queries start..start+T-1 against keys 0..start+T-1 (is_causal would align them top-left)
+            out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=~self.mask[start:start + T, :T_k],
+                                                             scale=self.scale)
+        return self.out_proj(out[..., :d_v].transpose(1, 2).reshape(B, T, H * d_v))
+
+    def _absorbed_step(self, x: torch.Tensor, cache: LatentCache) -> torch.Tensor:
+        """:meth:`forward_fast`'s decoding path: a few new tokens (B, T, d) against the cache, absorbed.
+
+        The same algebra as :meth:`forward_absorbed`, written for the per-step cost of a small model:
+        functional calls on the weights, the query's and the key's RoPE parts rotated together, one
+        matmul for every head's scores against the stored rows ``[c_KV ; k_R]``.
+        """
+        cfg, F = self.cfg, nn.functional
+        B, T, _ = x.shape
+        H, nope, rope, d_v, d_c = (cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim,
+                                   cfg.kv_lora_rank)
+        start = cache.position
+        c_q = x if self.W_DQ is None else self.q_norm(F.linear(x, self.W_DQ.weight))    # (B, T, d_c') or (B, T, d)
+        q_c = F.linear(c_q, self.W_UQ.weight).view(B, T, H, nope)                      # (B, T, H, d_h)
+        c_kv = self.kv_norm(F.linear(x, self.W_DKV.weight))                             # (B, T, d_c)
+        r = torch.cat([F.linear(c_q, self.W_QR.weight).view(B, T, H, rope),
+                       F.linear(x, self.W_KR.weight).view(B, T, 1, rope)], dim=2)      # (B, T, H + 1, d_h^R)
+        cos = self.cos[start:start + T, None].to(x.dtype)                              # (T, 1, d_h^R / 2)
+        sin = self.sin[start:start + T, None].to(x.dtype)
+        a, b = r[..., 0::2], r[..., 1::2]                                              # interleaved pairs
+        r = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)    # RoPE at start + t
+        rows = cache.append(torch.cat([c_kv, r[:, :, H]], dim=-1))                     # (B, T_k, d_c + d_h^R)
+        T_k = rows.shape[1]
+        W_UK = self.W_UK.weight.view(H, nope, d_c)                                     # W_UK,h^T: (d_h, d_c)
+        q_lat = torch.bmm(q_c.transpose(0, 2).reshape(H, T * B, nope), W_UK)          # (H, T B, d_c)
+        q = torch.cat([q_lat.view(H, T, B, d_c), r[:, :, :H].permute(2, 1, 0, 3)], dim=-1)  # (H, T, B, d_c + d_h^R)
+        q = q.permute(2, 0, 1, 3).reshape(B, H * T, d_c + rope) * self.scale          # rows: head-major
+        scores = torch.bmm(q, rows.transpose(1, 2))                                    # (B, H T, T_k)
+        if T > 1:
+            scores = scores.view(B, H, T, T_k).masked_fill(self.mask[start:start + T, :T_k], float("-inf"))
+            scores = scores.view(B, H * T, T_k)
+        latent = torch.bmm(torch.softmax(scores, dim=-1), rows[..., :d_c])              # (B, H T, d_c)
+        W_UV = self.W_UV.weight.view(H, d_v, d_c).transpose(1, 2)                      # W_UV,h: (d_c, d_v)
+        context = torch.bmm(latent.view(B, H, T, d_c).transpose(0, 1).reshape(H, B * T, d_c), W_UV)  # (H, B T, d_v)
+        context = context.view(H, B, T, d_v).permute(1, 2, 0, 3).reshape(B, T, H * d_v)
+        return F.linear(context, self.out_proj.weight)
+
     def forward(self, x: torch.Tensor, return_weights: bool = False, cache: LatentCache | None = None):
         name, cfg = type(self).__name__, self.cfg
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != cfg.d_model:
@@ -218,6 +307,8 @@ class DeepSeekMLA(nn.Module):
             raise ValueError(f"{name}: {start} cached + {x.shape[1]} new tokens pass context_length="
                              f"{cfg.context_length} (the RoPE table); build the layer with a larger "
                              "context_length, or call cache.reset() and prefill the last tokens.")
+        if not return_weights and self._fast_ok:
+            return self.forward_fast(x, cache)
         out, weights = (self.forward_absorbed if cfg.absorb else self.forward_naive)(x, cache)
         return (out, weights) if return_weights else out
 
