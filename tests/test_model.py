@@ -447,3 +447,38 @@ def test_losses_without_logits_equal_the_logits_path(overrides, monkeypatch):
     torch.testing.assert_close(loss, full.loss, atol=1e-6, rtol=1e-6)
     assert parts["lm"] == pytest.approx(full.main_loss.item(), abs=1e-6)
 
+
+
+# --- the absorbed training path of DeepSeekMLA (Lecture 30's training step) ----------------------------------
+
+@pytest.mark.parametrize("q_lora_rank", [24, None])
+def test_absorbed_training_path_equals_naive(q_lora_rank):
+    from utils.mla_rope import DeepSeekMLAConfig
+    cfg = DeepSeekMLAConfig(d_model=32, n_heads=4, kv_lora_rank=8, qk_nope_head_dim=8, qk_rope_head_dim=4,
+                            v_head_dim=8, q_lora_rank=q_lora_rank, context_length=16)
+    torch.manual_seed(0)
+    attn = DeepSeekMLA(cfg)
+    assert attn.absorb_in_training  # 2 d_c = 16 <= d_h + d_v = 16
+    x = torch.randn(2, 11, 32, requires_grad=True)
+    fast, (naive, _) = attn(x), attn.forward_naive(x)
+    torch.testing.assert_close(fast, naive, atol=1e-6, rtol=1e-5)
+    up = torch.randn(fast.shape, generator=torch.Generator().manual_seed(1))
+    params = [x] + list(attn.parameters())
+    for a, b in zip(torch.autograd.grad((fast * up).sum(), params), torch.autograd.grad((naive * up).sum(), params)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_absorbed_training_only_where_it_is_cheaper(monkeypatch):
+    from utils.mla_rope import DeepSeekMLAConfig
+    wide = DeepSeekMLA(DeepSeekMLAConfig(d_model=32, n_heads=4, kv_lora_rank=16, qk_nope_head_dim=8,
+                                         qk_rope_head_dim=4, v_head_dim=8, context_length=16))
+    assert not wide.absorb_in_training  # 2 d_c = 32 > d_h + d_v = 16: the expanded path
+    with torch.device("meta"):
+        assert not DeepSeekMLA(DeepSeekMLAConfig.v3()).absorb_in_training  # V3 trains naive
+    model = build(seed=5, kv_lora_rank=8)  # tiny: d_h = d_v = 8, so absorbed
+    assert all(layer.self_attn.absorb_in_training for layer in model.layers)
+    seq = ids((2, 12), seed=6)
+    absorbed = model(seq[:, :-1], seq[:, 1:], return_logits=False).loss
+    monkeypatch.setattr(DeepSeekMLA, "absorb_in_training", property(lambda self: False))
+    expanded = model(seq[:, :-1], seq[:, 1:], return_logits=False).loss
+    torch.testing.assert_close(absorbed, expanded, atol=1e-6, rtol=1e-6)

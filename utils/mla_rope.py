@@ -21,6 +21,8 @@ Row convention as in :mod:`utils.mla` (``x @ W``); the weights live in ``nn.Line
 after the paper's matrices. :class:`DeepSeekMLA` has a naive path (expand k_C and v per head) and
 an absorbed path (``W_UK,h`` folded into the query, ``W_UV,h`` after attention); both cache
 ``[c_KV ; k_R]`` per token, (d_c + d_h^R) numbers (576 for V3), in a :class:`utils.kv_cache.LatentCache`.
+Training (no cache) takes the absorbed form too when the latent is narrow (2 d_c <= d_h + d_v, Lecture 30):
+every head then attends over one shared key and value, nothing expanded per head.
 :func:`state_dict_from_transformers` / :func:`state_dict_to_transformers` convert weights from and to
 ``transformers``' ``DeepseekV3Attention`` (interleaved RoPE pairs, ``rope_interleave=True``).
 Not modelled: YaRN's extra softmax factor (``mscale``; V3's long-context extension) and dropout.
@@ -222,7 +224,9 @@ class DeepSeekMLA(nn.Module):
     def forward_fast(self, x: torch.Tensor, cache: LatentCache | None = None) -> torch.Tensor:
         """The same output as :meth:`forward_naive` / :meth:`forward_absorbed`, without the weights (Lecture 29).
 
-        What ``forward`` runs when no weights are asked for. Prompt passes (and any call of more than
+        What ``forward`` runs when no weights are asked for. Without a cache (training) and when the
+        latent is narrow enough (:attr:`absorb_in_training`), the absorbed training path
+        (:meth:`_absorbed_training`, Lecture 30). Otherwise prompt passes (and any call of more than
         ``ABSORB_MAX_QUERIES`` tokens, or ``cfg.absorb`` False) expand k_C and v per head and call
         ``torch.nn.functional.scaled_dot_product_attention`` (causal, fused: no (T, T) score matrix is
         kept; v is zero-padded to the q/k width because torch's fused CPU kernel needs equal widths).
@@ -238,6 +242,8 @@ class DeepSeekMLA(nn.Module):
                                    cfg.kv_lora_rank)
         if cfg.absorb and cache is not None and T <= self.ABSORB_MAX_QUERIES:
             return self._absorbed_step(x, cache)
+        if cache is None and self.absorb_in_training:
+            return self._absorbed_training(x)
         q_c, q_r = self.queries(x, start)                                      # (B, H, T, d_h), (B, H, T, d_h^R)
         c_kv = self.kv_norm(self.W_DKV(x))                                     # (B, T, d_c)
         k_r = apply_rope(self.W_KR(x), self.cos, self.sin, offset=start)       # (B, T, d_h^R)
@@ -259,6 +265,37 @@ class DeepSeekMLA(nn.Module):
             out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=~self.mask[start:start + T, :T_k],
                                                              scale=self.scale)
         return self.out_proj(out[..., :d_v].transpose(1, 2).reshape(B, T, H * d_v))
+
+    @property
+    def absorb_in_training(self) -> bool:
+        """Whether :meth:`forward_fast` without a cache (training, scoring) takes :meth:`_absorbed_training`.
+
+        With T queries against T keys the projections cost the same on both paths (q_C,h W_UK,h^T and
+        W_UV,h after attention instead of expanding k_C and v: T d_c n_h (d_h + d_v) multiply-adds either
+        way), so the attention widths decide: absorbed scores and mixes over d_c + d_h^R and d_c numbers per
+        head, naive over d_h + d_h^R and d_v. Absorbed when 2 d_c <= d_h + d_v (and then every head shares
+        one key and one value, no per-head copies); DeepSeek-V3 (d_c 512, d_h = d_v = 128) trains naive.
+        """
+        cfg = self.cfg
+        return 2 * cfg.kv_lora_rank <= cfg.qk_nope_head_dim + cfg.v_head_dim
+
+    def _absorbed_training(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward_fast` without a cache, absorbed: W_UK,h folded into each head's query, W_UV,h applied
+        after attention, so all heads attend over ONE shared key ``[c_KV ; k_R]`` and ONE value ``c_KV``
+        (``scaled_dot_product_attention`` with ``enable_gqa``: nothing is expanded per head)."""
+        cfg, F = self.cfg, nn.functional
+        B, T, _ = x.shape
+        H, nope, rope, d_v, d_c = (cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim,
+                                   cfg.kv_lora_rank)
+        q_c, q_r = self.queries(x, 0)                                          # (B, H, T, d_h), (B, H, T, d_h^R)
+        c_kv = self.kv_norm(self.W_DKV(x))                                     # (B, T, d_c)
+        k_r = apply_rope(self.W_KR(x), self.cos, self.sin, offset=0)           # (B, T, d_h^R)
+        q = torch.cat([q_c @ self.W_UK.weight.view(H, nope, d_c), q_r], dim=-1)  # (B, H, T, d_c + d_h^R)
+        k = torch.cat([c_kv, k_r], dim=-1).unsqueeze(1)                        # (B, 1, T, d_c + d_h^R): shared
+        v = F.pad(c_kv, (0, rope)).unsqueeze(1)                                # (B, 1, T, d_c + d_h^R): zeros pad
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=True)
+        context = out[..., :d_c] @ self.W_UV.weight.view(H, d_v, d_c).transpose(1, 2)  # (B, H, T, d_v)
+        return self.out_proj(context.transpose(1, 2).reshape(B, T, H * d_v))
 
     def _absorbed_step(self, x: torch.Tensor, cache: LatentCache) -> torch.Tensor:
         """:meth:`forward_fast`'s decoding path: a few new tokens (B, T, d) against the cache, absorbed.

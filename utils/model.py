@@ -8,9 +8,12 @@ positions: RoPE lives in the attention); ``n_layers`` :class:`DeepSeekBlock` lay
 :class:`utils.moe.DeepSeekMoE` (Lecture 21) after; final RMSNorm ``norm`` and ``lm_head`` (tied with
 ``tie_embeddings``); ``mtp_depth`` MTP modules (Lecture 24's :class:`utils.deepseek_mtp.MTPModule` with a
 DeepSeekBlock and its own ``shared_head.norm``, V3's layout) sharing the embedding and head tensors.
-Loss = main CE + lambda / D * sum_k CE_k + the sequence-wise balance loss of every MoE layer.
+Loss = main CE + lambda / D * sum_k CE_k + the sequence-wise balance loss of every MoE layer; when only the
+loss is needed (``return_logits=False``, what :func:`deepseek_loss` asks for) each cross-entropy runs through
+:func:`linear_cross_entropy`, the output head a chunk of rows at a time, never all (B, T, V) logits at once.
 
-Without a cache (training) the attention takes the naive path; with a cache (generation,
+Without a cache (training) the attention takes the naive path (or, with a narrow latent, 2 d_c <= d_h + d_v,
+the absorbed one: :attr:`utils.mla_rope.DeepSeekMLA.absorb_in_training`); with a cache (generation,
 ``generate(..., use_cache=True)``) the absorbed path over the latent cache (d_c + d_h^R numbers per token
 and layer); both agree within 1e-5. Initialisation N(0, 0.02^2) for every Linear and Embedding (GPT-2's;
 DeepSeek-V2/V3 use std 0.006 at their width, V3 report section 4.2), RMSNorm weights 1, correction biases 0.
@@ -330,9 +333,20 @@ class DeepSeekBlock(nn.Module):
         absorb = (cache is not None) if self.absorb is None else bool(self.absorb)
         if self.self_attn.cfg.absorb != absorb:  # pick DeepSeekMLA's path (its cfg.absorb)
             self.self_attn.cfg = dataclasses.replace(self.self_attn.cfg, absorb=absorb)
-        h = self.input_layernorm(x)  # (B, T, d)
-        x = x + self.drop(self.self_attn(h) if cache is None else self.self_attn(h, cache=cache))
-        return x + self.drop(self.mlp(self.post_attention_layernorm(x)))  # (B, T, d)
+        drop = self.training and self.drop.p > 0  # otherwise nn.Dropout is the identity: skip its call
+        h = self._norm(self.input_layernorm, x)  # (B, T, d)
+        a = self.self_attn(h) if cache is None else self.self_attn(h, cache=cache)
+        x = x + (self.drop(a) if drop else a)
+        m = self.mlp(self._norm(self.post_attention_layernorm, x))
+        return x + (self.drop(m) if drop else m)  # (B, T, d)
+
+    @staticmethod
+    def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``norm(x)`` for an nn.RMSNorm, called functionally (the same numbers, no module call: a decoding step
+        is short enough for the call's overhead to show); the module itself if it has hooks."""
+        if type(norm) is not nn.RMSNorm or norm._forward_hooks or norm._forward_pre_hooks:
+            return norm(x)
+        return F.rms_norm(x, norm.normalized_shape, norm.weight, norm.eps)
 
 
 class DeepSeekMTPModule(MTPModule):
@@ -410,7 +424,7 @@ class DeepSeekModel(nn.Module):
         w = self.embed_tokens.weight
         return KVCache([self.mtp[0].block.self_attn.new_cache(batch_size, capacity, dtype=w.dtype, device=w.device)])
 
-    def _check_ids(self, idx, start: int = 0) -> None:
+    def _check_ids(self, idx, start: int = 0, values: bool = True) -> None:
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long or idx.shape[1] == 0:
             got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx).__name__
             raise ValueError(f"idx must be a non-empty (batch, tokens) LongTensor of ids, got {got}; "
@@ -418,17 +432,29 @@ class DeepSeekModel(nn.Module):
         if start + idx.shape[1] > self.cfg.context_length:
             raise ValueError(f"{start} cached + {idx.shape[1]} new tokens exceed context_length="
                              f"{self.cfg.context_length}: crop to the last context_length tokens (or reset the cache).")
-        if idx.min() < 0 or idx.max() >= self.cfg.vocab_size:
+        if values and (idx.min() < 0 or idx.max() >= self.cfg.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}), got [{int(idx.min())}, "
                              f"{int(idx.max())}]; encode with the model's vocabulary.")
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Ids (B, T) -> the last layer's output h (B, T, d) BEFORE the final norm; appends to ``cache``."""
         start = 0 if cache is None else cache.position
-        self._check_ids(idx, start)
+        # ids out of range: on the CPU the embedding's own bounds check finds them at no extra cost (its IndexError
+        # becomes the ValueError below); elsewhere (CUDA would fail with a device-side assert) check first
+        on_cpu = isinstance(idx, torch.Tensor) and idx.device.type == "cpu"
+        self._check_ids(idx, start, values=not on_cpu)
         if cache is not None and len(cache) != len(self.layers):
             raise ValueError(f"the cache has {len(cache)} layers, the model {len(self.layers)}: use model.new_cache().")
-        x = self.drop(self.embed_tokens(idx))  # (B, T, d)
+        try:
+            x = self.embed_tokens(idx)  # (B, T, d)
+        except IndexError:
+            try:
+                self._check_ids(idx, start)  # the ValueError when an id is out of range
+            except ValueError as bad:
+                raise bad from None
+            raise
+        if self.training and self.drop.p > 0:
+            x = self.drop(x)
         for i, layer in enumerate(self.layers):
             x = layer(x, cache=None if cache is None else cache.layers[i])
         return x

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from utils.moe.experts import SwiGLUExpert
-from utils.moe.routing import SparseMoE
+from utils.moe.routing import SparseMoE, swiglu
 
 __all__ = ["DeepSeekMoEConfig", "DeepSeekMoE", "group_limited_mask", "deepseek_gates", "bias_update",
            "max_violation", "sequence_balance_loss", "moe_layers", "update_moe_biases"]
@@ -108,7 +108,7 @@ def deepseek_gates(scores: torch.Tensor, bias: torch.Tensor, top_k: int, n_group
     weights = scores.gather(-1, indices)  # (N, k) unbiased affinities of the chosen experts
     if norm_topk_prob:
         weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
-    return weights * routed_scaling_factor, indices
+    return (weights if routed_scaling_factor == 1.0 else weights * routed_scaling_factor), indices
 
 
 def bias_update(bias: torch.Tensor, load: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -149,7 +149,8 @@ class DeepSeekMoE(SparseMoE):
     """DeepSeek-V3's MoE layer (Lecture 21): shared experts + fine-grained routed experts.
 
     forward: x (..., d_model) -> (..., d_model) = shared(x) + sum_j g_j expert_{i_j}(x). The routed
-    experts run through :meth:`SparseMoE.forward_batched` (or ``forward_loop``). After a forward:
+    experts run through :meth:`SparseMoE.forward_batched` (or ``forward_loop``; a single token, as in decoding,
+    through :meth:`SparseMoE.forward_one`). After a forward:
     ``last_indices`` (N, k), ``last_load`` (E,) tokens per expert, ``step_load`` (E,) summed over training batches since the
     last :meth:`update_bias`, and ``aux_loss`` (the sequence-wise loss, 0 when ``seq_aux_alpha`` is 0 or
     in eval mode). The correction bias is a buffer (no gradient); call :meth:`update_bias` after each
@@ -171,6 +172,19 @@ class DeepSeekMoE(SparseMoE):
         self.last_load = torch.zeros(cfg.n_routed)
         self.step_load = torch.zeros(cfg.n_routed)
         self.aux_loss = torch.tensor(0.0)
+        self._zero_aux = self.aux_loss
+
+    @property
+    def last_load(self) -> torch.Tensor:
+        """(E,) tokens per expert in the last forward (on the CPU, float). Counted when first read after an
+        eval-mode forward (decoding never pays for it); at once in training, where ``step_load`` needs it."""
+        if self._last_load is None:
+            self._last_load = torch.bincount(self.last_indices.reshape(-1), minlength=self.n_experts).float().cpu()
+        return self._last_load
+
+    @last_load.setter
+    def last_load(self, value: torch.Tensor) -> None:
+        self._last_load = value
 
     @classmethod
     def factory(cls, dispatch: str = "batched", **options) -> Callable:
@@ -180,7 +194,9 @@ class DeepSeekMoE(SparseMoE):
 
     def affinities(self, flat: torch.Tensor) -> torch.Tensor:
         """flat (N, d) -> s (N, E): sigmoid (V3) or softmax (V2) of the router logits, in fp32."""
-        logits = nn.functional.linear(flat.float(), self.gate.weight.float())
+        w = self.gate.weight
+        logits = nn.functional.linear(flat if flat.dtype == torch.float32 else flat.float(),
+                                      w if w.dtype == torch.float32 else w.float())
         return logits.sigmoid() if self.cfg.scoring == "sigmoid" else logits.softmax(-1)
 
     def route(self, flat: torch.Tensor):
@@ -195,17 +211,26 @@ class DeepSeekMoE(SparseMoE):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # (N, d)
         weights, indices, scores = self.route(flat)
-        load = torch.bincount(indices.reshape(-1), minlength=self.n_experts).float().cpu()
-        self.last_indices, self.last_load = indices.detach(), load
+        self.last_indices, self._last_load = indices, None  # (ids: no gradient); eval: last_load counted when read
         if self.training:  # only training batches count towards the next bias update
-            self.step_load = self.step_load + load
+            self.step_load = self.step_load + self.last_load
         if self.training and self.cfg.seq_aux_alpha > 0 and x.dim() == 3:
             self.aux_loss = sequence_balance_loss(scores.view(*shape[:2], -1), indices.view(*shape[:2], -1),
                                                   self.top_k, self.cfg.seq_aux_alpha)
-        else:
-            self.aux_loss = scores.new_zeros(())
+        else:  # one zero per dtype and device, reused (no new tensor per decoding step)
+            zero = self._zero_aux
+            if zero.dtype != scores.dtype or zero.device != scores.device:
+                zero = self._zero_aux = scores.new_zeros(())
+            self.aux_loss = zero
+        if weights.dtype != flat.dtype:
+            weights = weights.to(flat.dtype)
+        if flat.shape[0] == 1:  # one token (decoding): call its k experts in turn, no sort or scatter
+            out = self.forward_one(flat, weights, indices)
+            if self.shared_experts is not None:
+                out = out + swiglu(self.shared_experts, flat)
+            return out.reshape(shape)
         run = self.forward_loop if self.dispatch == "loop" else self.forward_batched
-        out = run(flat, weights.to(flat.dtype), indices)  # (N, d)
+        out = run(flat, weights, indices)  # (N, d)
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat)
         return out.reshape(shape)

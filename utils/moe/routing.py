@@ -21,6 +21,34 @@ from utils.moe.experts import SwiGLUExpert
 __all__ = ["TopKRouter", "SparseMoE", "top_k_gates"]
 
 
+def _plain_weights(expert: nn.Module):
+    """The (gate, up, down) weights of a :class:`SwiGLUExpert` made of bias-free ``nn.Linear`` layers with no
+    forward hooks (none global either), else None (then the expert must be called as a module)."""
+    from torch.nn.modules import module as m
+    if (type(expert) is not SwiGLUExpert or expert._forward_hooks or expert._forward_pre_hooks
+            or m._global_forward_hooks or m._global_forward_pre_hooks):
+        return None
+    weights = []
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        lin = expert._modules[name]
+        if type(lin) is not nn.Linear or lin.bias is not None or lin._forward_hooks or lin._forward_pre_hooks:
+            return None
+        weights.append(lin.weight)
+    return weights
+
+
+def swiglu(expert: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``expert(x)`` for a :class:`SwiGLUExpert`, as three functional matmuls: the same numbers without the four
+    ``nn.Module`` calls, whose Python overhead outweighs a single token's matmuls (decoding). Any other module,
+    or one with hooks, is simply called."""
+    weights = _plain_weights(expert)
+    if weights is None:
+        return expert(x)
+    F = nn.functional
+    gate, up, down = weights
+    return F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
+
+
 def _check_top_k(n_experts: int, top_k: int) -> None:
     if n_experts < 1:
         raise ValueError(f"n_experts must be at least 1, got {n_experts}.")
@@ -72,7 +100,8 @@ class SparseMoE(nn.Module):
     forward: x (..., d_model) -> (..., d_model), ``sum_j weight_j * expert_{index_j}(x)`` over the
     token's ``top_k`` selected experts; unselected experts are never called. ``dispatch`` is
     ``"batched"`` (sort by expert, one call per used expert) or ``"loop"``; both give the same
-    output. ``last_indices`` keeps the expert indices of the last forward (tokens, top_k).
+    output. A single token (a decoding step) takes :meth:`forward_one` whatever the dispatch.
+    ``last_indices`` keeps the expert indices of the last forward (tokens, top_k).
     Use it as GPTModel's feed forward with :meth:`factory`.
     """
 
@@ -98,6 +127,8 @@ class SparseMoE(nn.Module):
         flat = x.reshape(-1, shape[-1])  # (N, d)
         weights, indices = self.router(flat)  # (N, k), (N, k)
         self.last_indices = indices.detach()
+        if flat.shape[0] == 1:  # one token (decoding): its k experts in turn
+            return self.forward_one(flat, weights, indices).reshape(shape)
         run = self.forward_loop if self.dispatch == "loop" else self.forward_batched
         return run(flat, weights, indices).reshape(shape)
 
@@ -110,6 +141,18 @@ class SparseMoE(nn.Module):
             if token.numel():
                 slots[token, slot] = expert(x[token])
         return (weights.unsqueeze(-1) * slots).sum(dim=1)
+
+    def forward_one(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """x (1, d), weights and indices (1, k) -> (1, d): one token (a decoding step) calls its k experts in
+        turn and sums ``weight_j * expert_{i_j}(x)``; the same output as the other dispatches, without their
+        sort, bincount and scatter (which cost more than the experts themselves for a single token)."""
+        chosen, gates = indices.tolist()[0], weights.tolist()[0]  # Python ints and floats (the same values)
+        if weights.requires_grad:  # training through one token: keep the weights in the graph
+            gates = [weights[:, j:j + 1] for j in range(len(chosen))]
+        out = swiglu(self.experts[chosen[0]], x) * gates[0]
+        for j in range(1, len(chosen)):
+            out = out + swiglu(self.experts[chosen[j]], x) * gates[j]
+        return out
 
     def forward_batched(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """x (N, d), weights and indices (N, k) -> (N, d): sort the N*k pairs by expert, run each
