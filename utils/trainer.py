@@ -14,6 +14,12 @@ when the current epoch began, and how many batches of that epoch were used), the
 the history and the config. It is written to a temporary file in the same folder and then renamed
 (``os.replace``), so a crash while saving leaves the previous checkpoint intact; it is read back with
 ``torch.load(..., weights_only=True)``, which never unpickles code.
+
+Several processes (Lecture 30): pass a model wrapped in ``DistributedDataParallel`` and a training
+loader that gives each rank its share of the global batch. The trainer then checkpoints, evaluates
+and passes to hooks the wrapped module (:func:`unwrap`), records the loss averaged over the ranks
+(the loss of the global batch), and only rank 0 evaluates, logs, shows the progress bar and writes
+checkpoints; every rank resumes from that one checkpoint.
 """
 
 from __future__ import annotations
@@ -35,6 +41,19 @@ from utils.train import TrainLog, evaluate_loss, lm_loss
 CHECKPOINT_FORMAT = "llm-course-trainer-v1"
 # Config fields that may change between a run and its resume (they do not change the losses).
 RESUMABLE_FIELDS = ("progress", "checkpoint_path", "checkpoint_every", "eval_every", "eval_batches")
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group; ``(0, 1)`` without one (Lecture 30)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel``/``DataParallel`` wrapper; any other model itself."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
 
 
 class CheckpointError(ValueError):
@@ -345,6 +364,10 @@ class Trainer:
     ``run(until=None)`` trains up to step ``until`` (default ``config.steps``) and can be called
     again to continue; ``resume(path)`` loads a checkpoint. With ``config.checkpoint_path`` set, a
     fresh run refuses to overwrite an existing checkpoint unless ``overwrite=True``.
+
+    With ``DistributedDataParallel`` (Lecture 30): ``loss_fn`` gets the wrapper (so backward averages
+    the gradients over the ranks), hooks, evaluation and checkpoints get :func:`unwrap` of it; only
+    rank 0 evaluates, logs and saves (see the module docstring).
     """
 
     def __init__(self, model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, config: TrainConfig,
@@ -352,6 +375,8 @@ class Trainer:
                  overwrite: bool = False):
         self.model, self.train_loader, self.val_loader, self.config = model, train_loader, val_loader, config
         self.loss_fn, self.hooks, self.log, self.overwrite = loss_fn, list(hooks), log, overwrite
+        self.module = unwrap(model)  # what checkpoints, evaluation and hooks see
+        self.rank, self.world_size = dist_rank_world()
         torch.manual_seed(config.seed)
         self.device = next(model.parameters()).device
         self.optimizer = make_optimizer(model, config)
@@ -428,7 +453,7 @@ class Trainer:
         path = path or self.config.checkpoint_path
         if path is None:
             raise ValueError("No path given and config.checkpoint_path is None: say where to save.")
-        return save_checkpoint(path, self.model, self.optimizer, self.scheduler, self.step, data=self._data_state(),
+        return save_checkpoint(path, self.module, self.optimizer, self.scheduler, self.step, data=self._data_state(),
                                history=self.history, config=self.config, hooks=self._hook_states())
 
     def resume(self, path: str | os.PathLike | None = None) -> int:
@@ -436,7 +461,7 @@ class Trainer:
         path = path or self.config.checkpoint_path
         if path is None:
             raise ValueError("No path given and config.checkpoint_path is None: say which checkpoint to resume.")
-        ckpt = load_checkpoint(path, self.model, self.optimizer, self.scheduler, config=self.config)
+        ckpt = load_checkpoint(path, self.module, self.optimizer, self.scheduler, config=self.config)
         self._restore_data(ckpt["data"], path)
         for i, h in enumerate(self.hooks):
             if hasattr(h, "load_state_dict") and str(i) in ckpt["hooks"]:
@@ -452,13 +477,13 @@ class Trainer:
         """Mean validation cross-entropy over ``config.eval_batches`` batches (:func:`evaluate_lm`)."""
         if self.val_loader is None:
             raise ValueError("This trainer has no val_loader to evaluate on.")
-        return evaluate_lm(self.model, self.val_loader, self.config.eval_batches)
+        return evaluate_lm(self.module, self.val_loader, self.config.eval_batches)
 
     def _call_hooks(self, when: str, step: int) -> None:
         for h in self.hooks:
             fn = getattr(h, when, None) if not _is_plain_callable(h) else (h if when == "after_step" else None)
             if fn is not None:
-                fn(step, self.model, self.history)
+                fn(step, self.module, self.history)
 
     def train_step(self) -> float:
         """One optimizer step on the next batch; returns its loss."""
@@ -475,9 +500,12 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step = step
-        self.history.train_losses.append(loss.item())
-        for k, v in metrics.items():
-            self.history.metrics.setdefault(k, []).append(float(v))
+        values = [loss.item()] + [float(v) for v in metrics.values()]
+        if self.world_size > 1:  # record the global batch's loss: the mean over the ranks' equal shares
+            values = _mean_over_ranks(values, self.device)
+        self.history.train_losses.append(values[0])
+        for k, v in zip(metrics, values[1:]):
+            self.history.metrics.setdefault(k, []).append(v)
         self._call_hooks("after_step", step)
         return self.history.train_losses[-1]
 
@@ -487,20 +515,21 @@ class Trainer:
         until = cfg.steps if until is None else until
         if not 0 <= until <= cfg.steps:
             raise ValueError(f"until must lie between 0 and config.steps = {cfg.steps}, got {until}.")
+        main = self.rank == 0  # with several processes only rank 0 evaluates, logs and saves
         if (self.step == 0 and cfg.checkpoint_path and not self.overwrite and Path(cfg.checkpoint_path).exists()):
             raise FileExistsError(f"{cfg.checkpoint_path} exists: resume from it (trainer.resume() or "
                                   "train(..., resume=True)), pass overwrite=True, or choose another checkpoint_path.")
         self.model.train()
         bar = None
-        if cfg.progress and self.step < until:
+        if cfg.progress and main and self.step < until:
             from tqdm.auto import tqdm
             bar = tqdm(total=until, initial=self.step, desc="training", file=sys.stderr, dynamic_ncols=True)
-        write = (bar.write if bar is not None else self.log) if self.log else None
+        write = (bar.write if bar is not None else self.log) if self.log and main else None
         try:
             while self.step < until:
                 loss = self.train_step()
                 step = self.step
-                if step % cfg.eval_every == 0 or step == cfg.steps:
+                if main and (step % cfg.eval_every == 0 or step == cfg.steps):
                     recent = self.history.train_losses[-cfg.eval_every:]
                     line = f"step {step:5d}  train loss (mean of last {len(recent)}) {sum(recent) / len(recent):.3f}"
                     if self.val_loader is not None:
@@ -509,7 +538,7 @@ class Trainer:
                         line += f"  validation loss {self.history.val_points[-1][1]:.3f}"
                     if write:
                         write(line + f"  lr {self.history.lrs[-1]:.2e}")
-                if cfg.checkpoint_path and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+                if main and cfg.checkpoint_path and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
                                             or step == cfg.steps):
                     self.save()
                 if bar is not None:
@@ -519,6 +548,13 @@ class Trainer:
             if bar is not None:
                 bar.close()
         return self.history
+
+
+def _mean_over_ranks(values: list[float], device) -> list[float]:
+    """All-reduce plain numbers to their mean over the ranks (Lecture 30)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return (t / torch.distributed.get_world_size()).tolist()
 
 
 def _is_plain_callable(h) -> bool:
