@@ -236,12 +236,12 @@ class DeepSeekMLA(nn.Module):
         cached token is ever expanded, and the cache is written in place.
         """
         cfg = self.cfg
+        if cfg.absorb and cache is not None and x.shape[1] <= self.ABSORB_MAX_QUERIES:
+            return self._absorbed_step(x, cache)                               # decoding: checked first, no set-up
         start = 0 if cache is None else cache.position
         B, T, _ = x.shape
         H, nope, rope, d_v, d_c = (cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim,
                                    cfg.kv_lora_rank)
-        if cfg.absorb and cache is not None and T <= self.ABSORB_MAX_QUERIES:
-            return self._absorbed_step(x, cache)
         if cache is None and self.absorb_in_training:
             return self._absorbed_training(x)
         q_c, q_r = self.queries(x, start)                                      # (B, H, T, d_h), (B, H, T, d_h^R)
@@ -297,8 +297,138 @@ class DeepSeekMLA(nn.Module):
         context = out[..., :d_c] @ self.W_UV.weight.view(H, d_v, d_c).transpose(1, 2)  # (B, H, T, d_v)
         return self.out_proj(context.transpose(1, 2).reshape(B, T, H * d_v))
 
+    FOLD_MAX_COST = 2.0  # _step_weights folds W_UK into W_UQ (W_UV into W_O) up to this many times the flops
+
     def _absorbed_step(self, x: torch.Tensor, cache: LatentCache) -> torch.Tensor:
         """:meth:`forward_fast`'s decoding path: a few new tokens (B, T, d) against the cache, absorbed.
+
+        The same algebra as :meth:`forward_absorbed`, written for the per-step cost of a small model (every
+        op costs microseconds of overhead whatever its size). Without autograd (``torch.no_grad``, as in
+        ``generate``) it runs on :meth:`_step_weights`: the cache row [c_KV ; k_R] exactly as the other paths
+        compute it (the same bits: RoPE of k_R as one multiply of the pairs and one of the swapped pairs by
+        per-position tables); one matmul gives every head's query already in latent space and scaled,
+        [q_C,h W_UK,h^T ; q_R,h] head by head, its RoPE one complex multiply in place; one matmul scores all
+        heads against the stored rows, one mixes them, one (W_UV,h W_O,h folded) gives the output. With
+        autograd (or a layout it does not cover), :meth:`_absorbed_step_autograd`: the same numbers.
+        """
+        if torch.is_grad_enabled() or x.dtype not in (torch.float32, torch.float64):
+            return self._absorbed_step_autograd(x, cache)
+        w = self._step_weights(x.dtype)
+        if w is None:
+            return self._absorbed_step_autograd(x, cache)
+        cfg, F = self.cfg, nn.functional
+        B, T, d = x.shape
+        H, rope, d_v, d_c = cfg.n_heads, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
+        n = d_c + rope
+        start = cache.position
+        c_kv = F.rms_norm(F.linear(x, w["dkv"]), w["kv_shape"], w["kv_gain"], w["kv_eps"])  # kv_norm(W_DKV(x))
+        k_r = F.linear(x, w["kr"]).view(B, T, rope // 2, 2)                             # pairs (a, b)
+        k_r = k_r * w["cos2"][start:start + T] + k_r.flip(-1) * w["sin2"][start:start + T]  # (a c - b s, b c + a s)
+        rows = cache.append(torch.cat([c_kv, k_r.view(B, T, rope)], dim=-1))           # (B, T_k, d_c + d_h^R)
+        T_k = rows.shape[1]
+        if w["dq"] is None:
+            c_q = x.reshape(B * T, d)
+        else:  # RMSNorm's gain is folded into w["q"]: c_Q / RMS(c_Q) with the mean square as a matmul
+            c_q = F.linear(x.reshape(B * T, d), w["dq"])                               # (B T, d_c')
+            c_q = c_q * torch.addmm(w["q_eps"], c_q * c_q, w["q_mean"]).rsqrt_()
+        q = torch.mm(c_q, w["q"])                                                       # scaled
+        rot = w["rot"][start:start + T, None]                                           # (T, 1, d_h^R / 2): e^(i p theta)
+        if w["uk"] is None:                                                             # per head [q_C,h W_UK,h^T ; q_R,h]
+            q = q.view(B, T, H, n)
+            torch.view_as_complex(q[..., d_c:].unflatten(-1, (rope // 2, 2))).mul_(rot)
+        else:                                                                           # [all q_C,h ; all q_R,h]
+            q_r = q[:, -H * rope:].view(B, T, H, rope)
+            torch.view_as_complex(q_r.unflatten(-1, (rope // 2, 2))).mul_(rot)
+            q_lat = torch.bmm(q[:, :-H * rope].view(B * T, H, -1).transpose(0, 1), w["uk"])  # (H, B T, d_c)
+            q = torch.cat([q_lat.transpose(0, 1).reshape(B, T, H, d_c), q_r], dim=-1)
+        q = q.transpose(1, 2).reshape(B, H * T, n)                                      # rows: head-major
+        scores = torch.bmm(q, rows.transpose(1, 2))                                     # (B, H T, T_k)
+        if T > 1:
+            scores = scores.view(B, H, T, T_k).masked_fill(self.mask[start:start + T, :T_k], float("-inf"))
+            scores = scores.view(B, H * T, T_k)
+        latent = torch.bmm(torch.softmax(scores, dim=-1), rows[..., :d_c])              # (B, H T, d_c)
+        latent = latent.view(B, H, T, d_c).transpose(1, 2)                              # (B, T, H, d_c)
+        if w["uv"] is None:                                                             # W_UV,h folded into W_O
+            return torch.mm(latent.reshape(B * T, H * d_c), w["out"]).view(B, T, d)
+        context = torch.bmm(latent.reshape(B * T, H, d_c).transpose(0, 1), w["uv"])    # (H, B T, d_v)
+        return torch.mm(context.transpose(0, 1).reshape(B * T, H * d_v), w["out"]).view(B, T, d)
+
+    FOLD_MAX_COST = 2.0  # _step_weights folds W_UK into W_UQ (W_UV into W_O) up to this many times the flops
+
+    def _step_weights(self, dtype: torch.dtype) -> dict | None:
+        """:meth:`_absorbed_step`'s fused weights, rebuilt whenever a weight changes (None: not covered).
+
+        Built from the current weights under ``torch.no_grad`` and kept with a key of every source tensor's
+        identity, storage and version counter (an optimizer step, ``load_state_dict``, ``copy_`` and
+        ``.to()`` all change one), so a step never sees stale weights; checking the key costs a few
+        attribute reads. Covered: plain bias-free ``nn.Linear`` and affine ``nn.RMSNorm`` modules without
+        hooks, all in ``dtype``, and even offsets of the query's RoPE part (complex views).
+        """
+        ms, bs = self._modules, self._buffers                       # plain dicts: no nn.Module.__getattr__ per step
+        mods = [ms.get(name) for name in ("W_DQ", "W_UQ", "W_QR", "W_DKV", "W_KR", "W_UK", "W_UV", "out_proj",
+                                          "q_norm", "kv_norm")]
+        norms = mods[-2:]
+        tensors = [m._parameters.get("weight") for m in mods if m is not None] + [bs["cos"], bs["sin"]]
+        key = (dtype, self.scale) + tuple(m is not None and m.eps for m in norms) + tuple(
+            t is not None and (id(t), t.data_ptr(), t._version) for t in tensors) + tuple(
+            m is None or (type(m) is nn.RMSNorm and m._parameters.get("weight") is not None
+                          and not (m._forward_hooks or m._forward_pre_hooks)) for m in norms)
+        cached = self.__dict__.get("_step_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        w = None
+        if all(m is None or (type(m) is nn.Linear and m.bias is None) for m in mods[:-2]) and all(key[-2:]) \
+                and all(t is not None and t.dtype == dtype for t in tensors[:-2]):
+            w = self._build_step_weights(dtype)
+        self.__dict__["_step_cache"] = (key, w, tensors)  # the tensors kept alive: their ids cannot be reused
+        return w
+
+    @torch.no_grad()
+    def _build_step_weights(self, dtype: torch.dtype) -> dict | None:
+        """``q`` = per head [W_UQ,h W_UK,h^T ; W_QR,h]^T times the softmax scale while folding W_UK costs at
+        most ``FOLD_MAX_COST`` times the flops of the bmm it replaces (else [all W_UQ,h ; all W_QR,h]^T, and
+        ``uk`` holds W_UK,h^T per head); ``out`` = W_UV,h W_O,h stacked over heads by the same rule (else
+        W_O^T, and ``uv`` holds W_UV,h); ``rot`` = cos + i sin per position (the queries); ``cos2``, ``sin2``
+        = (cos, cos) and (-sin, sin) per pair and position (the key, bit for bit as :func:`apply_rope`)."""
+        cfg = self.cfg
+        H, nope, rope, d_v, d_c, d = (cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim,
+                                      cfg.kv_lora_rank, cfg.d_model)
+        d_in = d if self.W_DQ is None else cfg.q_lora_rank
+        W_UQ = self.W_UQ.weight.view(H, nope, d_in)                                     # W_UQ,h^T
+        W_UK = self.W_UK.weight.view(H, nope, d_c)                                      # W_UK,h^T
+        if d_in * d_c <= self.FOLD_MAX_COST * nope * (d_in + d_c):                      # (W_UQ,h W_UK,h^T)^T: (H, d_c, d_in)
+            if d_c % 2:
+                return None
+            folded = torch.bmm(W_UK.transpose(1, 2), W_UQ)
+            w_q, uk = torch.cat([folded, self.W_QR.weight.view(H, rope, d_in)], dim=1).flatten(0, 1), None
+        else:
+            if (H * nope) % 2:
+                return None
+            w_q, uk = torch.cat([self.W_UQ.weight, self.W_QR.weight]), W_UK.contiguous()  # uk: (H, d_h, d_c)
+        W_UV = self.W_UV.weight.view(H, d_v, d_c).transpose(1, 2)                       # W_UV,h: (H, d_c, d_v)
+        if d_c * d <= self.FOLD_MAX_COST * d_v * (d_c + d):
+            W_O = self.out_proj.weight.t().reshape(H, d_v, d)                           # W_O rows of head h
+            out, uv = torch.bmm(W_UV, W_O).reshape(H * d_c, d), None                    # (H d_c, d)
+        else:
+            out, uv = self.out_proj.weight.t().contiguous(), W_UV.contiguous()
+        cos, sin = self.cos.to(dtype), self.sin.to(dtype)                               # (context, d_h^R / 2)
+        w_q = w_q * self.scale
+        q_mean = q_eps = None
+        if self.q_norm is not None:                                                     # c_Q's gain into the query weights
+            w_q = w_q * self.q_norm.weight
+            q_mean = torch.full((d_in, 1), 1.0 / d_in, dtype=dtype, device=w_q.device)
+            eps = torch.finfo(dtype).eps if self.q_norm.eps is None else self.q_norm.eps
+            q_eps = torch.full((1,), eps, dtype=dtype, device=w_q.device)
+        kv_norm = self.kv_norm  # the source tensors themselves (the key checks they are still these):
+        return {"dkv": self.W_DKV.weight, "kr": self.W_KR.weight,
+                "dq": None if self.W_DQ is None else self.W_DQ.weight,
+                "kv_shape": kv_norm.normalized_shape, "kv_gain": kv_norm.weight, "kv_eps": kv_norm.eps,
+                "q": w_q.t().contiguous(), "uk": uk, "out": out, "uv": uv, "q_mean": q_mean, "q_eps": q_eps,
+                "rot": torch.complex(cos, sin), "cos2": torch.stack([cos, cos], dim=-1),
+                "sin2": torch.stack([-sin, sin], dim=-1)}
+
+    def _absorbed_step_autograd(self, x: torch.Tensor, cache: LatentCache) -> torch.Tensor:
+        """:meth:`_absorbed_step` with autograd (or a dtype without complex numbers): from the weights directly.
 
         The same algebra as :meth:`forward_absorbed`, written for the per-step cost of a small model:
         functional calls on the weights, the query's and the key's RoPE parts rotated together, one
