@@ -59,7 +59,8 @@ from utils.data import STORY_SEPARATOR, WindowDataset, encode_stories, load_corp
 from utils.model import DeepSeekConfig, DeepSeekModel, MTPLambdaSchedule, deepseek_loss
 from utils.moe.deepseek import DeepSeekMoE, moe_layers, update_moe_biases
 from utils.tokenizer import END_OF_TEXT, CompactTokenizer, CompactVocab
-from utils.trainer import CheckpointError, TrainConfig, TrainHistory, Trainer, dist_rank_world, load_checkpoint
+from utils.trainer import (CheckpointError, TrainConfig, TrainHistory, Trainer, atomic_save, dist_rank_world,
+                           load_checkpoint)
 
 RUN_FORMAT = "capstone-run-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -298,20 +299,6 @@ class SyncedBiasUpdate:
         update_moe_biases(step, model, history)
 
 
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 class BestWeights:
     """Early stopping's memory (Lecture 30): a Trainer hook that keeps the weights of the best validation.
 
@@ -339,7 +326,7 @@ class BestWeights:
         if loss < self.best_loss:
             self.best_step, self.best_loss = int(step), float(loss)
             state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            _atomic_save({"format": BEST_FORMAT, "step": self.best_step, "val_loss": self.best_loss,
+            atomic_save({"format": BEST_FORMAT, "step": self.best_step, "val_loss": self.best_loss,
                           "model": state, "record": self.record}, self.path)
 
     def state_dict(self) -> dict:

@@ -142,24 +142,7 @@ class DeepSeekMTP(nn.Module):
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """The trunk's last hidden state h (B, T, d) BEFORE the final norm, for ids (B, T) at positions
         ``cache.position ...`` (0 without a cache); with ``cache`` each block appends to its layer."""
-        g = self.model
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
-            raise ValueError("idx must be a (batch, tokens) LongTensor of ids; add a batch axis with idx.unsqueeze(0).")
-        start = 0 if cache is None else cache.position
-        if start + idx.shape[1] > g.cfg.context_length:
-            raise ValueError(f"positions {start} ... {start + idx.shape[1] - 1} pass context_length="
-                             f"{g.cfg.context_length}; use a shorter prompt or fewer new tokens.")
-        if cache is not None and len(cache) != len(g.blocks):
-            raise ValueError(f"the cache has {len(cache)} layers, the model {len(g.blocks)} blocks; "
-                             "build it with new_cache().")
-        h = g.drop(g.embed(idx, start))  # (B, T, d)
-        if cache is None:
-            for block in g.blocks:
-                h = block(h)
-        else:
-            for block, layer_cache in zip(g.blocks, cache.layers):
-                h = block(h, cache=layer_cache)
-        return h
+        return self.model.hidden_states(idx, cache)  # (B, T, d)
 
     def logits_from_hidden(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm + output head: h (B, T, d) -> logits (B, T, V)."""

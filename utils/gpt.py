@@ -167,6 +167,10 @@ class GPTModel(nn.Module):
         ``cache.position ... cache.position + T - 1``, each block appends their keys and values to
         its layer of the cache and attends over everything stored.
         """
+        return self.out_head(self.final_norm(self.hidden_states(idx, cache)))  # (B, T, vocab_size)
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The last block's output (B, T, d_model), before the final norm (what MTP builds on, Lecture 25)."""
         if idx.dim() != 2 or idx.dtype != torch.long:
             raise ValueError(f"GPTModel expects a (batch, tokens) LongTensor of ids, got {tuple(idx.shape)} "
                              f"{idx.dtype}; add a batch axis with idx.unsqueeze(0).")
@@ -193,7 +197,7 @@ class GPTModel(nn.Module):
         else:
             for block, layer_cache in zip(self.blocks, cache.layers):
                 x = block(x, cache=layer_cache)
-        return self.out_head(self.final_norm(x))  # (B, T, vocab_size)
+        return x  # (B, T, d_model)
 
 
 @torch.no_grad()

@@ -254,6 +254,24 @@ def _signature(model: nn.Module) -> dict[str, list]:
     return {k: [list(v.shape), str(v.dtype)] for k, v in model.state_dict().items()}
 
 
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, flushed to disk, then renamed over ``path``
+    (``os.replace`` is atomic): a crash mid-write leaves the previous file intact (Lecture 22)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scheduler=None, step: int = 0, *, rng: dict | None = None, data: dict | None = None,
                     history: TrainHistory | None = None, config: TrainConfig | None = None,
@@ -264,8 +282,6 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
     (see :class:`Trainer`); ``hooks`` the states of stateful hooks. If anything fails while writing,
     the temporary file is removed and an earlier checkpoint at ``path`` is left as it was.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "step": int(step),
@@ -279,17 +295,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
         "config": dataclasses.asdict(config) if config is not None else None,
         "hooks": hooks or {},
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_save(payload, path)
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
