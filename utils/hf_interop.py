@@ -240,20 +240,6 @@ def _block_from_hf(hf: dict, block, mla_cfg, prefix: str) -> dict:
     return ours
 
 
-def _shared_head_norm(module) -> str:
-    """The state-dict name of an MTP module's own final RMSNorm (V3's ``shared_head.norm``)."""
-    head = getattr(module, "shared_head", None)
-    if isinstance(head, torch.nn.ModuleDict) and "norm" in head:
-        return "shared_head.norm"
-    raise ValueError(f"MTP module {type(module).__name__} has no shared_head.norm (V3's layout); "
-                     "build it with utils.model.DeepSeekModel.")
-
-
-def _shared_head_norm_weight(module) -> torch.Tensor:
-    _shared_head_norm(module)
-    return module.shared_head["norm"].weight
-
-
 def _check_model(model):
     from utils.model import DeepSeekModel
     if not isinstance(model, DeepSeekModel):
@@ -302,7 +288,7 @@ def _hf_names(model, main: bool) -> dict:
         p = f"model.layers.{model.cfg.n_layers + k}."
         sd.update({p + "enorm.weight": module.enorm.weight, p + "hnorm.weight": module.hnorm.weight,
                    p + "eh_proj.weight": _swap_halves(module.eh_proj.weight),
-                   p + "shared_head.norm.weight": _shared_head_norm_weight(module)})
+                   p + "shared_head.norm.weight": module.shared_head["norm"].weight})
         sd.update(_block_to_hf(module.block, mla_cfg, p))
     return sd
 
@@ -310,7 +296,7 @@ def _hf_names(model, main: bool) -> dict:
 def _mtp_from_hf(hf: dict, module, mla_cfg, prefix: str) -> dict:
     ours = {"enorm.weight": hf[prefix + "enorm.weight"], "hnorm.weight": hf[prefix + "hnorm.weight"],
             "eh_proj.weight": _swap_halves(hf[prefix + "eh_proj.weight"]),
-            f"{_shared_head_norm(module)}.weight": hf[prefix + "shared_head.norm.weight"]}
+            "shared_head.norm.weight": hf[prefix + "shared_head.norm.weight"]}
     ours.update({f"block.{k}": v for k, v in _block_from_hf(hf, module.block, mla_cfg, prefix).items()})
     return ours
 
